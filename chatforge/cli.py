@@ -1,0 +1,185 @@
+"""The `chatforge` command: parses arguments and dispatches to the stage modules (no logic here).
+
+    chatforge pipeline --run runs/demo --preset tiny      # every stage, skipping completed ones
+    chatforge world     --run runs/demo --size tiny
+    chatforge tokenizer --run runs/demo --vocab-size 4096
+    chatforge data      --run runs/demo
+    chatforge pretrain  --run runs/demo --max-steps 600
+    chatforge sample    --run runs/demo --stage base "The town of"
+    torchrun --nproc_per_node=2 -m chatforge.cli pretrain --run runs/demo --dist fsdp
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from chatforge import ChatforgeError
+
+TRAIN_FLAGS = {  # flag -> (TrainConfig field, type)
+    "--max-steps": ("max_steps", int), "--batch-size": ("batch_size", int), "--grad-accum": ("grad_accum", int),
+    "--seq-len": ("seq_len", int), "--lr": ("lr", float), "--warmup-steps": ("warmup_steps", int),
+    "--eval-every": ("eval_every", int), "--save-every": ("save_every", int), "--log-every": ("log_every", int),
+    "--seed": ("seed", int), "--device": ("device", str), "--dtype": ("dtype", str), "--dist": ("dist", str),
+}
+
+
+def _add_run(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", required=True, help="run directory, e.g. runs/demo")
+
+
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default=None, help="named preset (default: the run's, else tiny)")
+    for flag, (name, typ) in TRAIN_FLAGS.items():
+        p.add_argument(flag, dest=f"train_{name}", type=typ, default=None, help=f"override train.{name}")
+    p.add_argument("--compile", dest="train_compile", action="store_const", const=True, default=None,
+                   help="torch.compile the model")
+    p.add_argument("--activation-checkpointing", dest="train_activation_checkpointing", action="store_const",
+                   const=True, default=None, help="recompute activations in backward to save memory")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override any model./train. field, e.g. --set model.n_layer=6")
+
+
+def _resolve_preset(args):
+    """Preset with command-line overrides applied; returns (name, preset, model_overrides)."""
+    from pathlib import Path
+
+    from chatforge.config import apply_overrides, get_preset, parse_set_args
+    from chatforge.run import read_run_info
+
+    name = args.preset or read_run_info(Path(args.run)).get("preset", "tiny")
+    preset = get_preset(name)
+    sets = parse_set_args(args.set)
+    train_over = dict(sets["train"])
+    for key, value in vars(args).items():
+        if key.startswith("train_") and value is not None:
+            train_over[key.removeprefix("train_")] = value
+    preset.train = apply_overrides(preset.train, train_over, "train")
+    return name, preset, sets["model"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chatforge", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("pipeline", help="run every stage in order, skipping completed ones")
+    _add_run(p)
+    _add_train_flags(p)
+    p.add_argument("--until", default=None, help="stop after this stage")
+    p.add_argument("--force", action="store_true", help="re-run stages even if complete")
+    p.add_argument("--data", nargs="+", default=None, help="your own .jsonl/.txt corpus instead of the world")
+    p.add_argument("--world-seed", type=int, default=0)
+
+    p = sub.add_parser("world", help="generate the built-in bilingual world")
+    _add_run(p)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", default="tiny")
+
+    p = sub.add_parser("tokenizer", help="train the byte-level BPE tokenizer")
+    _add_run(p)
+    p.add_argument("--vocab-size", type=int, default=None, help="default: the preset's")
+    p.add_argument("--preset", default=None)
+    p.add_argument("--data", nargs="+", default=None, help=".jsonl/.txt files or folders (default: world/raw)")
+
+    p = sub.add_parser("data", help="tokenise text into train/val token shards")
+    _add_run(p)
+    p.add_argument("--data", nargs="+", default=None, help=".jsonl/.txt files or folders (default: world/raw)")
+    p.add_argument("--val-every", type=int, default=50, help="every N-th document goes to validation")
+
+    p = sub.add_parser("pretrain", help="generative pre-training on the token shards")
+    _add_run(p)
+    _add_train_flags(p)
+
+    p = sub.add_parser("sample", help="print a continuation from a trained model")
+    _add_run(p)
+    p.add_argument("--stage", default="base")
+    p.add_argument("prompt", nargs="?", default="")
+    p.add_argument("--max-new-tokens", type=int, default=100)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--interactive", action="store_true", help="read prompts from the terminal")
+    return parser
+
+
+def _cmd_sample(args) -> None:
+    from chatforge.model import load_model
+    from chatforge.run import model_dir, require_run
+    from chatforge.sample import continue_text
+    from chatforge.tokenizer import Tokenizer
+
+    folder = model_dir(require_run(args.run), args.stage)
+    model, tok = load_model(folder), Tokenizer.load(folder)
+    kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, seed=args.seed)
+    if not args.interactive:
+        print(args.prompt + continue_text(model, tok, args.prompt, **kw))
+        return
+    if not sys.stdin.isatty():
+        print(f"model ready at {folder}; run `chatforge sample --run {args.run} --interactive` in a terminal")
+        return
+    print(f"model: {folder}. Type the start of a text; the model continues it. Ctrl-D to quit.")
+    while True:
+        try:
+            prompt = input("> ")
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return
+        print(prompt + continue_text(model, tok, prompt, **kw))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "pipeline":
+            from chatforge.pipeline import run_pipeline
+
+            name, preset, model_over = _resolve_preset(args)
+            run_pipeline(args.run, name, preset, until=args.until, force=args.force, data=args.data,
+                         model_overrides=model_over, seed=args.world_seed)
+            from chatforge.run import stage_dir
+
+            base = stage_dir(args.run, "pretrain")
+            if (base / "model.safetensors").exists():
+                print(f"model ready: {base}  (try: chatforge sample --run {args.run} --stage base \"...\")")
+        elif args.command == "world":
+            from chatforge.world import generate_world
+
+            print(f"world written to {generate_world(args.run, seed=args.seed, size=args.size)}")
+        elif args.command == "tokenizer":
+            from pathlib import Path
+
+            from chatforge.config import get_preset
+            from chatforge.run import read_run_info
+            from chatforge.tokenizer import run_tokenizer_stage
+
+            vocab = args.vocab_size or get_preset(
+                args.preset or read_run_info(Path(args.run)).get("preset", "tiny")).vocab_size
+            stats = run_tokenizer_stage(args.run, vocab, args.data)
+            print(json.dumps(stats, indent=2, ensure_ascii=False))
+        elif args.command == "data":
+            from chatforge.data.shards import run_data_stage
+
+            meta = run_data_stage(args.run, args.data, args.val_every)
+            print(f"token shards: {meta['tokens']} tokens ({meta['dtype']}), {meta['documents']} documents")
+        elif args.command == "pretrain":
+            from chatforge.train.pretrain import run_pretrain
+
+            _, preset, model_over = _resolve_preset(args)
+            summary = run_pretrain(args.run, preset.model, preset.train, model_over)
+            if summary:
+                print(f"pretrain done: step {summary['step']}, loss {summary.get('train/loss', float('nan')):.4f}, "
+                      f"val loss {summary.get('val/loss', float('nan')):.4f} -> {summary['model_dir']}")
+        elif args.command == "sample":
+            _cmd_sample(args)
+    except ChatforgeError as e:
+        print(f"chatforge {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""Training configuration dataclasses and named presets.
+
+A preset bundles the model shape, the tokenizer size and the training hyper-parameters:
+- `tiny`: trains in minutes on a 2-core CPU (the `make demo` default).
+- `gpu-small`: a ~30M-parameter Llama-style model for one GPU.
+- `gpt2-124m`: the GPT-2 small shape, 0.5M-token global batch, for 8 GPUs via torchrun.
+
+Any field can be overridden on the command line: dedicated flags (`--max-steps 50`) or generic
+`--set model.n_layer=6 --set train.lr=1e-3`.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field, fields
+
+from chatforge import ChatforgeError
+from chatforge.model import ModelConfig
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 300
+    batch_size: int = 16  # sequences per micro-batch per process
+    grad_accum: int = 1  # micro-batches per optimizer step (per process)
+    seq_len: int = 256
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 30
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    eval_every: int = 100
+    eval_batches: int = 8
+    save_every: int = 100
+    log_every: int = 10
+    seed: int = 1337
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | float32 | bfloat16
+    dist: str = "ddp"  # ddp | fsdp (only used under torchrun)
+    compile: bool = False
+    activation_checkpointing: bool = False
+
+    @property
+    def tokens_per_step_per_process(self) -> int:
+        return self.batch_size * self.grad_accum * self.seq_len
+
+
+@dataclass
+class Preset:
+    model: ModelConfig
+    train: TrainConfig
+    vocab_size: int
+    world_size: str = "tiny"
+    notes: str = ""
+
+
+def _presets() -> dict[str, Preset]:
+    return {
+        "tiny": Preset(
+            model=ModelConfig.preset_style("llama", vocab_size=4096, n_layer=4, n_head=4, n_kv_head=2,
+                                           d_model=128, max_seq_len=256, tie_embeddings=True),
+            train=TrainConfig(max_steps=600, batch_size=16, seq_len=256, lr=3e-3, warmup_steps=30,
+                              eval_every=100, save_every=100),
+            vocab_size=4096, world_size="tiny", notes="CPU minutes"),
+        "gpu-small": Preset(
+            model=ModelConfig.preset_style("llama", vocab_size=16384, n_layer=8, n_head=8, n_kv_head=4,
+                                           d_model=512, max_seq_len=1024),
+            train=TrainConfig(max_steps=5000, batch_size=32, seq_len=1024, lr=1e-3, warmup_steps=200,
+                              eval_every=250, save_every=500, compile=True),
+            vocab_size=16384, world_size="small", notes="one GPU, ~45M params"),
+        "gpt2-124m": Preset(
+            # vocab padded to a multiple of 128 so the lm_head matmul tiles well on tensor cores
+            model=ModelConfig.preset_style("gpt2", vocab_size=50304, n_layer=12, n_head=12, d_model=768,
+                                           max_seq_len=1024),
+            # 8 processes x 16 x 1024 x 4 = 524,288 tokens per step, as in GPT-2/nanoGPT
+            train=TrainConfig(max_steps=19073, batch_size=16, grad_accum=4, seq_len=1024, lr=6e-4,
+                              min_lr_ratio=0.1, warmup_steps=715, eval_every=250, save_every=1000,
+                              compile=True),
+            vocab_size=50257, world_size="medium", notes="GPT-2 small shape, 8 GPUs"),
+    }
+
+
+PRESETS = _presets()
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ChatforgeError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
+    return copy.deepcopy(PRESETS[name])
+
+
+def _coerce(value: str, current):
+    if isinstance(current, bool):
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected a boolean, got {value!r}")
+    if isinstance(current, int):
+        return int(value)
+    if isinstance(current, float):
+        return float(value)
+    return value
+
+
+def apply_overrides(obj, overrides: dict[str, object], section: str):
+    """Return a copy of dataclass `obj` with fields replaced; unknown names and bad values raise."""
+    names = {f.name: f for f in fields(obj)}
+    values = asdict(obj)
+    for key, value in overrides.items():
+        if key not in names:
+            raise ChatforgeError(f"unknown {section} setting {key!r}; known: {sorted(names)}")
+        try:
+            values[key] = _coerce(value, values[key]) if isinstance(value, str) else value
+        except ValueError as e:
+            raise ChatforgeError(f"{section}.{key}: {e}") from None
+    return type(obj)(**values)
+
+
+def parse_set_args(items: list[str]) -> dict[str, dict[str, str]]:
+    """['model.n_layer=6', 'train.lr=1e-3'] -> {'model': {'n_layer': '6'}, 'train': {'lr': '1e-3'}}."""
+    out: dict[str, dict[str, str]] = {"model": {}, "train": {}}
+    for item in items:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot or section not in out:
+            raise ChatforgeError(f"--set {item!r}: expected model.FIELD=VALUE or train.FIELD=VALUE")
+        out[section][name] = value
+    return out
+
+
+@dataclass
+class StageOverrides:
+    """What a training-stage command line can change on top of a preset."""
+
+    train: dict[str, object] = field(default_factory=dict)
+    model: dict[str, object] = field(default_factory=dict)

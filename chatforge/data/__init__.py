@@ -1,0 +1,1 @@
+"""Data stages: text -> token shards (the cleaning/dedup/mixture pipeline builds on this)."""

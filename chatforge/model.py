@@ -1,0 +1,354 @@
+"""The decoder-only Transformer used by every stage (policy, reference, reward and value models).
+
+One class, configured by `ModelConfig`, covers
+- GPT-2 style: learned positions, LayerNorm, GELU (tanh) MLP, biases, tied embeddings;
+- Llama / Qwen2 style: RoPE, RMSNorm, SwiGLU, grouped-query attention, no biases (Qwen2: q/k/v biases).
+Attention goes through `F.scaled_dot_product_attention` (flash / memory-efficient kernels on GPU).
+
+KV cache: `KVCache` holds preallocated keys/values for all layers; `model(ids, cache=cache)` appends the
+new positions and attends to everything cached, so prefill + token-by-token decode equals a full forward
+(tested). Distributed wrapping (DDP / FSDP2), autocast and compile are applied from outside.
+
+    from chatforge.model import GPT, ModelConfig
+    model = GPT(ModelConfig.preset_style("llama", vocab_size=4096, n_layer=4, d_model=128, n_head=4))
+    logits, loss = model(idx, targets)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint
+
+from chatforge import ChatforgeError
+
+STYLES: dict[str, dict] = {
+    "gpt2": dict(pos="learned", norm="layernorm", mlp="gelu", bias=True, tie_embeddings=True),
+    "llama": dict(pos="rope", norm="rmsnorm", mlp="swiglu", bias=False, tie_embeddings=False),
+    "qwen2": dict(pos="rope", norm="rmsnorm", mlp="swiglu", bias=False, qkv_bias=True, tie_embeddings=False,
+                  rope_theta=1_000_000.0, norm_eps=1e-6),
+}
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 4096
+    n_layer: int = 4
+    n_head: int = 4
+    n_kv_head: int = 0  # 0 -> n_head (plain multi-head attention)
+    d_model: int = 128
+    d_ff: int = 0  # 0 -> 4*d (gelu) or ~8/3*d rounded up to a multiple of 64 (swiglu)
+    max_seq_len: int = 256
+    pos: str = "rope"  # "learned" | "rope"
+    norm: str = "rmsnorm"  # "layernorm" | "rmsnorm"
+    mlp: str = "swiglu"  # "gelu" | "swiglu"
+    bias: bool = False  # biases in every linear layer and norm (GPT-2)
+    qkv_bias: bool = False  # biases on q/k/v only (Qwen2)
+    tie_embeddings: bool = True
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    dropout: float = 0.0
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        if not self.n_kv_head:
+            self.n_kv_head = self.n_head
+        if not self.d_ff:
+            self.d_ff = 4 * self.d_model if self.mlp == "gelu" else 64 * math.ceil(8 * self.d_model / 3 / 64)
+        problems = []
+        if self.pos not in ("learned", "rope"):
+            problems.append(f"pos={self.pos!r} (expected 'learned' or 'rope')")
+        if self.norm not in ("layernorm", "rmsnorm"):
+            problems.append(f"norm={self.norm!r} (expected 'layernorm' or 'rmsnorm')")
+        if self.mlp not in ("gelu", "swiglu"):
+            problems.append(f"mlp={self.mlp!r} (expected 'gelu' or 'swiglu')")
+        if self.d_model % self.n_head:
+            problems.append(f"d_model={self.d_model} is not divisible by n_head={self.n_head}")
+        if self.n_head % self.n_kv_head:
+            problems.append(f"n_head={self.n_head} is not divisible by n_kv_head={self.n_kv_head}")
+        if self.pos == "rope" and (self.d_model // self.n_head) % 2:
+            problems.append("RoPE needs an even head dimension")
+        for name in ("vocab_size", "n_layer", "n_head", "d_model", "max_seq_len"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name}={getattr(self, name)} must be positive")
+        if problems:
+            raise ChatforgeError("invalid model config: " + "; ".join(problems))
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    @classmethod
+    def preset_style(cls, style: str, **kw) -> ModelConfig:
+        if style not in STYLES:
+            raise ChatforgeError(f"unknown model style {style!r}; expected one of {sorted(STYLES)}")
+        return cls(**{**STYLES[style], **kw})
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known - {"architecture", "chatforge_version"}
+        if unknown:
+            raise ChatforgeError(f"unknown model config fields {sorted(unknown)}")
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def to_dict(self) -> dict:
+        return {"architecture": "chatforge-gpt", **asdict(self)}
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+def make_norm(cfg: ModelConfig) -> nn.Module:
+    if cfg.norm == "rmsnorm":
+        return RMSNorm(cfg.d_model, cfg.norm_eps)
+    return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
+
+
+def rope_tables(cfg: ModelConfig, length: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin of shape (length, head_dim) in the rotate-half layout used by HF Llama/Qwen2."""
+    hd = cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float32, device=device) / hd))
+    angles = torch.outer(torch.arange(length, dtype=torch.float32, device=device), inv_freq)
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: (B, H, T, hd); cos/sin: (T, hd) or (B, 1, T, hd)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return (x * cos + rotated * sin).to(x.dtype)
+
+
+class KVCache:
+    """Preallocated keys/values for every layer: (n_layer, B, n_kv_head, max_len, head_dim).
+
+    `length` is the number of cached positions (the same for all rows). The model writes new entries
+    layer by layer and calls `advance` once per forward.
+    """
+
+    def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int | None = None,
+                 device=None, dtype=torch.float32):
+        self.max_len = max_len or cfg.max_seq_len
+        shape = (cfg.n_layer, batch_size, cfg.n_kv_head, self.max_len, cfg.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        end = self.length + k.shape[2]
+        if end > self.max_len:
+            raise ChatforgeError(f"KV cache full: {end} positions > max_len {self.max_len}")
+        self.k[layer, :, :, self.length:end] = k
+        self.v[layer, :, :, self.length:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self, n: int) -> None:
+        self.length += n
+
+    def reset(self) -> None:
+        self.length = 0
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.cfg, self.layer = cfg, layer
+        hd = cfg.head_dim
+        self.qkv = nn.Linear(cfg.d_model, (cfg.n_head + 2 * cfg.n_kv_head) * hd, bias=cfg.bias or cfg.qkv_bias)
+        self.proj = nn.Linear(cfg.n_head * hd, cfg.d_model, bias=cfg.bias)
+
+    def forward(self, x, rope, cache: KVCache | None):
+        cfg = self.cfg
+        B, T, _ = x.shape
+        hd = cfg.head_dim
+        q, k, v = self.qkv(x).split([cfg.n_head * hd, cfg.n_kv_head * hd, cfg.n_kv_head * hd], dim=-1)
+        q = q.view(B, T, cfg.n_head, hd).transpose(1, 2)
+        k = k.view(B, T, cfg.n_kv_head, hd).transpose(1, 2)
+        v = v.view(B, T, cfg.n_kv_head, hd).transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if cache is not None:
+            k, v = cache.update(self.layer, k, v)
+        S = k.shape[2]
+        mask = None
+        if S != T and T > 1:  # new queries after a cached prefix: query i sees keys <= prefix + i
+            mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=(S == T and T > 1),
+            dropout_p=cfg.dropout if self.training else 0.0,
+            enable_gqa=cfg.n_kv_head != cfg.n_head)
+        return self.proj(y.transpose(1, 2).reshape(B, T, cfg.n_head * hd))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.swiglu = cfg.mlp == "swiglu"
+        # SwiGLU: gate and up projections fused in one matmul.
+        self.up = nn.Linear(cfg.d_model, cfg.d_ff * (2 if self.swiglu else 1), bias=cfg.bias)
+        self.down = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
+
+    def forward(self, x):
+        h = self.up(x)
+        if self.swiglu:
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        else:
+            h = F.gelu(h, approximate="tanh")
+        return self.down(h)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.norm1, self.attn = make_norm(cfg), Attention(cfg, layer)
+        self.norm2, self.mlp = make_norm(cfg), MLP(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, rope, cache):
+        x = x + self.drop(self.attn(self.norm1(x), rope, cache))
+        return x + self.drop(self.mlp(self.norm2(x)))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.activation_checkpointing = False
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.wpe = nn.Embedding(cfg.max_seq_len, cfg.d_model) if cfg.pos == "learned" else None
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+        self.norm_f = make_norm(cfg)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.wte.weight
+        if cfg.pos == "rope":
+            cos, sin = rope_tables(cfg, cfg.max_seq_len)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        std = self.cfg.init_std
+        for name, p in self.named_parameters():
+            if p.dim() == 1:  # norm gains start at 1, biases at 0
+                is_gain = name.endswith("weight") and "norm" in name.rsplit(".", 2)[-2]
+                nn.init.ones_(p) if is_gain else nn.init.zeros_(p)
+            elif name.endswith("proj.weight") or name.endswith("down.weight"):
+                # residual-stream writers scaled so the stream's variance doesn't grow with depth (GPT-2)
+                nn.init.normal_(p, 0.0, std / math.sqrt(2 * self.cfg.n_layer))
+            else:
+                nn.init.normal_(p, 0.0, std)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
+                return_hidden: bool = False):
+        """idx (B, T) -> (logits (B, T, V), loss or None). Targets of -100 are ignored in the loss.
+
+        With `return_hidden`, returns the final normed hidden states instead of logits (reward/value heads).
+        """
+        B, T = idx.shape
+        offset = cache.length if cache is not None else 0
+        if offset + T > self.cfg.max_seq_len:
+            raise ChatforgeError(f"sequence of {offset + T} tokens exceeds max_seq_len {self.cfg.max_seq_len}")
+        x = self.wte(idx)
+        rope = None
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(offset, offset + T, device=idx.device))
+        else:
+            rope = (self.rope_cos[offset:offset + T], self.rope_sin[offset:offset + T])
+        x = self.drop(x)
+        for block in self.blocks:
+            if self.activation_checkpointing and self.training and cache is None:
+                # recompute block activations in backward: memory for compute (set by the training loop)
+                x = torch.utils.checkpoint.checkpoint(block, x, rope, cache, use_reentrant=False)
+            else:
+                x = block(x, rope, cache)
+        if cache is not None:
+            cache.advance(T)
+        x = self.norm_f(x)
+        if return_hidden:
+            return x, None
+        logits = self.lm_head(x)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+        return logits, loss
+
+    # -- accounting -----------------------------------------------------------------------------------
+    def num_params(self, non_embedding: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())  # tied weights are counted once by parameters()
+        if non_embedding:
+            n -= self.wte.weight.numel() + (self.wpe.weight.numel() if self.wpe is not None else 0)
+            if not self.cfg.tie_embeddings:
+                n -= self.lm_head.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token (forward + backward), the PaLM-paper convention used for MFU:
+        6 x (matmul weights, lm_head included) + 12 x n_layer x d_model x seq_len for attention scores."""
+        cfg = self.cfg
+        matmul = sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Linear))
+        return 6.0 * matmul + 12.0 * cfg.n_layer * cfg.n_head * cfg.head_dim * seq_len
+
+
+# -- model folders: config.json + model.safetensors ------------------------------------------------------
+
+def save_model(model: GPT, out_dir: str | Path, state_dict: dict | None = None) -> None:
+    """Write config.json and model.safetensors (tied lm_head stored once, as HF does)."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sd = state_dict if state_dict is not None else model.state_dict()
+    sd = {k: v.detach().to("cpu").contiguous() for k, v in sd.items()
+          if not (model.cfg.tie_embeddings and k == "lm_head.weight")}
+    tmp = out / "model.safetensors.tmp"
+    save_file(sd, str(tmp), metadata={"format": "pt"})
+    tmp.replace(out / "model.safetensors")
+    (out / "config.json").write_text(json.dumps(model.cfg.to_dict(), indent=2))
+
+
+def load_config(model_dir: str | Path) -> ModelConfig:
+    f = Path(model_dir) / "config.json"
+    if not f.is_file():
+        raise ChatforgeError(f"{f}: missing; is {model_dir} a trained model folder?")
+    try:
+        return ModelConfig.from_dict(json.loads(f.read_text()))
+    except json.JSONDecodeError as e:
+        raise ChatforgeError(f"{f}: not valid JSON ({e.msg})") from None
+
+
+def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> GPT:
+    from safetensors.torch import load_file
+
+    cfg = load_config(model_dir)
+    f = Path(model_dir) / "model.safetensors"
+    if not f.is_file():
+        raise ChatforgeError(f"{f}: missing; the stage that writes {model_dir} has not finished")
+    try:
+        sd = load_file(str(f), device=str(device))
+    except Exception as e:
+        raise ChatforgeError(f"{f}: cannot read weights ({e}); the file is corrupt or truncated") from None
+    model = GPT(cfg).to(device)
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    missing = [k for k in missing if not (cfg.tie_embeddings and k == "lm_head.weight")]
+    if missing or unexpected:
+        raise ChatforgeError(f"{f}: weights don't match config.json (missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]})")
+    return model

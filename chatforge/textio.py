@@ -1,0 +1,49 @@
+"""Read plain text documents from .jsonl ({"text": ...}), .txt (one file = one document) or folders of them.
+
+Used by the tokenizer and shard stages so both accept the same inputs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from chatforge import ChatforgeError
+
+TEXT_SUFFIXES = (".jsonl", ".txt")
+
+
+def list_text_files(paths: list[str | Path]) -> list[Path]:
+    """Expand files and folders into a sorted list of readable text files; error on anything missing."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files.extend(sorted(f for f in p.rglob("*") if f.suffix in TEXT_SUFFIXES))
+        elif p.is_file():
+            if p.suffix not in TEXT_SUFFIXES:
+                raise ChatforgeError(f"{p}: unsupported text file type {p.suffix!r}; expected {TEXT_SUFFIXES}")
+            files.append(p)
+        else:
+            raise ChatforgeError(f"{p}: no such file or folder")
+    return files
+
+
+def iter_documents(paths: list[str | Path], text_field: str = "text") -> Iterator[dict]:
+    """Yield {"text", "source", "lang"?} dicts; malformed jsonl lines raise naming file and line."""
+    for f in list_text_files(paths):
+        if f.suffix == ".txt":
+            yield {"text": f.read_text(encoding="utf-8"), "source": f.stem}
+            continue
+        with open(f, encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ChatforgeError(f"{f}:{lineno}: not valid JSON ({e.msg})") from None
+                if not isinstance(rec, dict) or not isinstance(rec.get(text_field), str):
+                    raise ChatforgeError(f"{f}:{lineno}: expected an object with a string field {text_field!r}")
+                rec.setdefault("source", f.stem)
+                yield rec

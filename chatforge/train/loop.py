@@ -1,0 +1,249 @@
+"""The one training loop every stage shares: device/dtype, DDP/FSDP2, grad accumulation, clipping,
+warmup + cosine schedule, validation, metrics.jsonl, progress bar, atomic checkpoint/resume.
+
+A stage supplies a `Task` (its batches and its loss) and a model factory; the loop does the rest.
+Resuming: re-running the same command finds `checkpoint.pt` and continues from its step; because batches
+are a pure function of the step (see sampler.py) and RNG/optimizer state are restored, the resumed loss
+curve equals the uninterrupted one on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from tqdm import tqdm
+
+from chatforge import ChatforgeError
+from chatforge.config import TrainConfig
+from chatforge.model import GPT
+from chatforge.train import ckpt, dist
+from chatforge.train.dist import DistInfo
+
+# Dense bf16 tensor-core peaks (FLOP/s) for MFU. Unknown GPUs report no MFU rather than a made-up one.
+GPU_PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12,
+                 "A10G": 125e12, "4090": 165e12, "3090": 71e12}
+_CPU_PEAK: dict[str, float] = {}
+
+
+class Task(Protocol):
+    """What a stage gives the loop. Batches are dicts of CPU tensors; the loop moves them."""
+
+    def train_batch(self, step: int, micro: int, info: DistInfo, batch_size: int, grad_accum: int) -> dict: ...
+
+    def loss(self, model, batch: dict) -> torch.Tensor: ...
+
+    def tokens_in(self, batch: dict) -> int: ...
+
+    def val_batches(self, info: DistInfo, batch_size: int, n_batches: int) -> list[dict]: ...
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to cfg.lr, then cosine decay to cfg.lr * min_lr_ratio at max_steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.max_steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """Peak FLOP/s for MFU: a table for GPUs; on CPU a measured fp32 matmul rate (so CPU 'MFU' reads as
+    the fraction of what this machine's BLAS sustains on a large matmul)."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return next((v for k, v in GPU_PEAK_BF16.items() if k in name), None)
+    if "cpu" not in _CPU_PEAK:
+        a = torch.randn(1024, 1024)
+        b = torch.randn(1024, 1024)
+        a @ b
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < 0.3:
+            a @ b
+            n += 1
+        _CPU_PEAK["cpu"] = 2 * 1024**3 * n / (time.perf_counter() - t0)
+    return _CPU_PEAK["cpu"]
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices and embeddings only (not on norms and biases); fused on GPU."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8,
+                             fused=device.type == "cuda")
+
+
+def _compute_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype:
+    if cfg.dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if cfg.dtype not in ("float32", "bfloat16"):
+        raise ChatforgeError(f"--dtype {cfg.dtype!r}: expected auto, float32 or bfloat16")
+    return getattr(torch, cfg.dtype)
+
+
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """On resume, drop records logged after the checkpoint so the curve has no duplicates."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= last_step]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+def train(stage_dir: str | Path, make_model: Callable[[], GPT], cfg: TrainConfig, task: Task,
+          desc: str = "train", on_finish: Callable[[GPT, dict, DistInfo], None] | None = None) -> dict:
+    """Train to cfg.max_steps (resuming if a checkpoint exists). Returns a summary dict.
+
+    `on_finish(raw_model, full_state_dict, info)` runs on every rank after the last step (rank 0 writes).
+    """
+    stage = Path(stage_dir)
+    info = dist.setup(cfg.device)
+    try:
+        return _train(stage, make_model, cfg, task, desc, info, on_finish)
+    finally:
+        dist.teardown()
+
+
+def _train(stage: Path, make_model, cfg: TrainConfig, task: Task, desc: str, info: DistInfo, on_finish) -> dict:
+    if cfg.max_steps <= 0 or cfg.batch_size <= 0 or cfg.grad_accum <= 0:
+        raise ChatforgeError("max_steps, batch_size and grad_accum must be positive")
+    if info.is_main:
+        stage.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
+    device = info.device
+    dtype = _compute_dtype(cfg, device)
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank and every run
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    raw = make_model().to(device)
+    raw.activation_checkpointing = cfg.activation_checkpointing
+    flops_per_token = raw.flops_per_token(cfg.seq_len)
+    fsdp = info.distributed and cfg.dist == "fsdp"
+    if cfg.compile:
+        # per block under FSDP2 (so sharding wraps compiled blocks); whole model otherwise
+        for block in raw.blocks if fsdp else [raw]:
+            block.compile()
+    model = dist.wrap_model(raw, info, cfg.dist, dtype if fsdp and dtype != torch.float32 else None)
+    optimizer = build_optimizer(model, cfg, device)
+    autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 and not fsdp
+                else contextlib.nullcontext())
+
+    metrics_path = stage / "metrics.jsonl"
+    step, tokens_seen = 0, 0
+    payload = ckpt.load_checkpoint(stage)
+    if payload is not None:
+        ckpt.restore(model, optimizer, payload)
+        step, tokens_seen = payload["step"], payload["tokens"]
+        if info.is_main:
+            _truncate_metrics(metrics_path, step)
+            print(f"[{desc}] resuming from {stage / ckpt.CKPT_NAME} at step {step}", flush=True)
+        del payload
+    dist.barrier()
+
+    peak = peak_flops(device)
+    log = open(metrics_path, "a") if info.is_main else None
+    bar = tqdm(total=cfg.max_steps, initial=step, desc=desc, disable=not info.is_main, mininterval=1.0,
+               dynamic_ncols=True)
+    summary: dict = {}
+
+    def save() -> None:
+        ckpt.save_checkpoint(stage, model, optimizer, {"step": step, "tokens": tokens_seen}, info.is_main)
+        dist.barrier()
+
+    def evaluate() -> float | None:
+        batches = task.val_batches(info, cfg.batch_size, cfg.eval_batches)
+        model.eval()
+        total = count = 0.0
+        with torch.no_grad(), autocast:
+            for b in batches:
+                b = {k: v.to(device) for k, v in b.items()}
+                n = task.tokens_in(b)
+                total += task.loss(model, b).item() * n
+                count += n
+        model.train()
+        total, count = dist.all_reduce_sum([total, count], device)
+        return total / count if count else None
+
+    def write(record: dict) -> None:
+        if log is not None:
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+
+    model.train()
+    t_last, tokens_last = time.perf_counter(), tokens_seen
+    try:
+        while step < cfg.max_steps:
+            lr = lr_at(step, cfg)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            loss_sum = torch.zeros((), device=device)
+            step_tokens = 0
+            for micro in range(cfg.grad_accum):
+                batch = {k: v.to(device, non_blocking=True) for k, v in
+                         task.train_batch(step, micro, info, cfg.batch_size, cfg.grad_accum).items()}
+                last = micro == cfg.grad_accum - 1
+                if fsdp:
+                    model.set_requires_gradient_sync(last)
+                sync = model.no_sync() if info.distributed and not fsdp and not last else contextlib.nullcontext()
+                with sync, autocast:
+                    loss = task.loss(model, batch)
+                (loss / cfg.grad_accum).backward()
+                loss_sum += loss.detach()
+                step_tokens += task.tokens_in(batch)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            if hasattr(grad_norm, "full_tensor"):
+                grad_norm = grad_norm.full_tensor()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            tokens_seen += step_tokens * info.world_size
+            bar.update(1)
+
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                loss_val, = dist.all_reduce_sum([loss_sum.item() / cfg.grad_accum], device)
+                loss_val /= info.world_size
+                now = time.perf_counter()
+                tps = (tokens_seen - tokens_last) / max(now - t_last, 1e-9)
+                t_last, tokens_last = now, tokens_seen
+                mfu = flops_per_token * tps / (peak * info.world_size) if peak else None
+                rec = {"step": step, "train/loss": loss_val, "train/lr": lr,
+                       "train/grad_norm": float(grad_norm), "train/tokens": tokens_seen,
+                       "perf/tokens_per_s": tps, "perf/mfu": mfu}
+                write(rec)
+                bar.set_postfix(loss=f"{loss_val:.3f}", tok_s=f"{tps:,.0f}",
+                                mfu=f"{100 * mfu:.1f}%" if mfu is not None else "n/a", refresh=False)
+                summary.update(rec)
+            if step % cfg.eval_every == 0 or step == cfg.max_steps:
+                val = evaluate()
+                if val is not None:
+                    write({"step": step, "val/loss": val})
+                    summary["val/loss"] = val
+                    bar.write(f"[{desc}] step {step}: val loss {val:.4f}") if info.is_main else None
+                t_last = time.perf_counter()  # keep eval time out of the throughput figure
+            if step % cfg.save_every == 0 or step == cfg.max_steps:
+                save()
+                t_last = time.perf_counter()
+    except KeyboardInterrupt:
+        if info.is_main:
+            print(f"\n[{desc}] interrupted at step {step}; re-run the same command to resume", flush=True)
+        raise
+    finally:
+        bar.close()
+        if log is not None:
+            log.close()
+
+    state = ckpt.full_model_state(model)
+    if on_finish is not None:
+        on_finish(raw, state, info)
+    dist.barrier()
+    summary.update({"step": step, "tokens": tokens_seen})
+    return summary

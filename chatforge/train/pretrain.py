@@ -1,0 +1,113 @@
+"""Generative pre-training: next-token prediction over token shards.
+
+    chatforge pretrain --run runs/demo [--preset tiny] [--max-steps 600] [--set model.n_layer=6]
+    torchrun --nproc_per_node=2 -m chatforge.cli pretrain --run runs/demo --dist fsdp
+
+Reads `<run>/data` (token shards) and `<run>/tokenizer`, writes `<run>/base/`: config.json,
+model.safetensors, tokenizer files, metrics.jsonl, train_config.json, checkpoint.pt (resumable), stage.json.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from chatforge import ChatforgeError
+from chatforge.config import TrainConfig, apply_overrides
+from chatforge.data.shards import load_split, read_meta
+from chatforge.model import GPT, ModelConfig, save_model
+from chatforge.run import mark_complete, require_run, stage_dir
+from chatforge.tokenizer import Tokenizer, copy_tokenizer_files
+from chatforge.train import loop
+from chatforge.train.sampler import WindowSampler
+
+
+class PretrainTask:
+    """Batches of shuffled windows; global sample numbers are laid out so that any (processes x
+    micro-batches) split of a step covers the same samples."""
+
+    def __init__(self, data_dir: Path, seq_len: int, seed: int):
+        self.train = WindowSampler(load_split(data_dir, "train"), seq_len, seed)
+        val = load_split(data_dir, "val")
+        try:
+            self.val: WindowSampler | None = WindowSampler(val, seq_len, seed, shuffle=False)
+        except ChatforgeError:
+            print(f"warning: validation split of {data_dir} is shorter than one window; no val loss")
+            self.val = None
+
+    def train_batch(self, step, micro, info, batch_size, grad_accum):
+        per_step = batch_size * grad_accum * info.world_size
+        first = step * per_step + (info.rank * grad_accum + micro) * batch_size
+        x, y = self.train.batch(first, batch_size)
+        return {"x": x, "y": y}
+
+    def loss(self, model, batch):
+        return model(batch["x"], batch["y"])[1]
+
+    def tokens_in(self, batch) -> int:
+        return batch["x"].numel()
+
+    def val_batches(self, info, batch_size, n_batches):
+        if self.val is None:
+            return []
+        total = min(n_batches * batch_size * info.world_size, self.val.n)
+        mine = list(range(info.rank, total, info.world_size))
+        out = []
+        for i in range(0, len(mine), batch_size):
+            rows = [self.val.batch(g, 1) for g in mine[i:i + batch_size]]
+            out.append({"x": torch.cat([r[0] for r in rows]), "y": torch.cat([r[1] for r in rows])})
+        return out
+
+
+def model_config_for(preset_model: ModelConfig, tok: Tokenizer, seq_len: int, overrides: dict) -> ModelConfig:
+    """Preset shape + overrides; vocab sized to the tokenizer (rounded up to 64 for matmul efficiency)."""
+    cfg = apply_overrides(preset_model, overrides, "model")
+    need = -(-tok.vocab_size // 64) * 64
+    if "vocab_size" not in overrides:
+        cfg = apply_overrides(cfg, {"vocab_size": need}, "model")
+    elif cfg.vocab_size < tok.vocab_size:
+        raise ChatforgeError(f"model.vocab_size={cfg.vocab_size} < tokenizer vocab {tok.vocab_size}")
+    if seq_len > cfg.max_seq_len:
+        raise ChatforgeError(f"train.seq_len={seq_len} exceeds model.max_seq_len={cfg.max_seq_len}")
+    return cfg
+
+
+def run_pretrain(run: str | Path, model_cfg_base: ModelConfig, tcfg: TrainConfig,
+                 model_overrides: dict | None = None) -> dict:
+    run = require_run(run)
+    tok_dir, data_dir, out = stage_dir(run, "tokenizer"), stage_dir(run, "data"), stage_dir(run, "pretrain")
+    tok = Tokenizer.load(tok_dir)
+    meta = read_meta(data_dir)
+    if meta["vocab_size"] != tok.vocab_size:
+        raise ChatforgeError(f"{data_dir} was tokenised with a vocab of {meta['vocab_size']} but "
+                             f"{tok_dir} has {tok.vocab_size}; re-run `chatforge data`")
+    mcfg = model_config_for(model_cfg_base, tok, tcfg.seq_len, model_overrides or {})
+    _check_same_model(out, mcfg)
+    task = PretrainTask(data_dir, tcfg.seq_len, tcfg.seed)
+
+    def finish(raw: GPT, state: dict, info) -> None:
+        if info.is_main:
+            save_model(raw, out, state)
+            copy_tokenizer_files(tok_dir, out)
+            mark_complete(out, stage="pretrain", steps=tcfg.max_steps)
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train_config.json").write_text(json.dumps(asdict(tcfg), indent=2))
+    (out / "config.json").write_text(json.dumps(mcfg.to_dict(), indent=2))
+    summary = loop.train(out, lambda: GPT(mcfg), tcfg, task, desc="pretrain", on_finish=finish)
+    summary["model_dir"] = str(out)
+    return summary
+
+
+def _check_same_model(out: Path, mcfg: ModelConfig) -> None:
+    """A checkpoint can only be resumed into the same architecture."""
+    config = out / "config.json"
+    if (out / "checkpoint.pt").exists() and config.exists():
+        old = json.loads(config.read_text())
+        if old != mcfg.to_dict():
+            diff = {k: (old.get(k), v) for k, v in mcfg.to_dict().items() if old.get(k) != v}
+            raise ChatforgeError(f"{out}/checkpoint.pt was trained with a different model config {diff} "
+                                 f"(old, new); use the same settings or delete {out} to start over")

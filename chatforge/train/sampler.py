@@ -1,0 +1,48 @@
+"""Deterministic, resumable sampling of fixed-length windows from token shards.
+
+The token stream of each shard is cut into non-overlapping windows of seq_len + 1 tokens (inputs and
+shifted targets). Global sample number g maps to window perm_e[g mod n] with e = g div n: every window
+is seen once per epoch, in an order fixed by (seed, epoch). Because a batch is a pure function of the
+step, resuming needs only the step number, and any split of a step's samples over processes and
+micro-batches sees exactly the same data (2 processes x 1 micro-batch == 1 process x 2).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from chatforge import ChatforgeError
+
+
+class WindowSampler:
+    def __init__(self, arrays: list[np.ndarray], seq_len: int, seed: int, shuffle: bool = True):
+        self.arrays, self.seq_len, self.seed, self.shuffle = arrays, seq_len, seed, shuffle
+        counts = [max(0, (len(a) - 1) // seq_len) for a in arrays]
+        self.n = int(sum(counts))
+        if self.n == 0:
+            total = sum(len(a) for a in arrays)
+            raise ChatforgeError(f"the data has {total} tokens, fewer than one window of seq_len+1="
+                                 f"{seq_len + 1}; add text or lower seq_len")
+        self.starts = np.concatenate([[0], np.cumsum(counts)])
+        self._epoch, self._perm = -1, None
+
+    def _window(self, g: int) -> int:
+        epoch, j = divmod(g, self.n)
+        if not self.shuffle:
+            return j
+        if epoch != self._epoch:
+            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+            self._epoch = epoch
+        return int(self._perm[j])
+
+    def sample(self, g: int) -> np.ndarray:
+        w = self._window(g)
+        shard = int(np.searchsorted(self.starts, w, side="right") - 1)
+        off = (w - int(self.starts[shard])) * self.seq_len
+        return np.asarray(self.arrays[shard][off:off + self.seq_len + 1], dtype=np.int64)
+
+    def batch(self, first: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Samples first .. first+size-1 as (inputs, targets), each (size, seq_len)."""
+        rows = torch.from_numpy(np.stack([self.sample(first + i) for i in range(size)]))
+        return rows[:, :-1], rows[:, 1:]
