@@ -6,13 +6,14 @@
     chatforge data      --run runs/demo
     chatforge pretrain  --run runs/demo --max-steps 600
     chatforge sample    --run runs/demo --stage base "The town of"
-    torchrun --nproc_per_node=2 -m chatforge.cli pretrain --run runs/demo --dist fsdp
+    torchrun --nproc_per_node=2 -m chatforge.cli pretrain --run-dir runs/demo --dist fsdp
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from chatforge import ChatforgeError
@@ -26,7 +27,9 @@ TRAIN_FLAGS = {  # flag -> (TrainConfig field, type)
 
 
 def _add_run(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run", required=True, help="run directory, e.g. runs/demo")
+    # --run-dir is the spelling to use after `torchrun ... -m chatforge.cli`: torchrun's own parser
+    # rejects a bare --run as an ambiguous abbreviation of its --run-path.
+    p.add_argument("--run", "--run-dir", dest="run", required=True, help="run directory, e.g. runs/demo")
 
 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
@@ -168,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
 
             _, preset, model_over = _resolve_preset(args)
             summary = run_pretrain(args.run, preset.model, preset.train, model_over)
-            if summary:
+            if os.environ.get("RANK", "0") == "0":
                 print(f"pretrain done: step {summary['step']}, loss {summary.get('train/loss', float('nan')):.4f}, "
                       f"val loss {summary.get('val/loss', float('nan')):.4f} -> {summary['model_dir']}")
         elif args.command == "sample":

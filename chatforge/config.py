@@ -12,7 +12,7 @@ Any field can be overridden on the command line: dedicated flags (`--max-steps 5
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 from chatforge import ChatforgeError
 from chatforge.model import ModelConfig
@@ -129,11 +129,3 @@ def parse_set_args(items: list[str]) -> dict[str, dict[str, str]]:
             raise ChatforgeError(f"--set {item!r}: expected model.FIELD=VALUE or train.FIELD=VALUE")
         out[section][name] = value
     return out
-
-
-@dataclass
-class StageOverrides:
-    """What a training-stage command line can change on top of a preset."""
-
-    train: dict[str, object] = field(default_factory=dict)
-    model: dict[str, object] = field(default_factory=dict)

@@ -227,7 +227,8 @@ def _train(stage: Path, make_model, cfg: TrainConfig, task: Task, desc: str, inf
                 if val is not None:
                     write({"step": step, "val/loss": val})
                     summary["val/loss"] = val
-                    bar.write(f"[{desc}] step {step}: val loss {val:.4f}") if info.is_main else None
+                    if info.is_main:
+                        bar.write(f"[{desc}] step {step}: val loss {val:.4f}")
                 t_last = time.perf_counter()  # keep eval time out of the throughput figure
             if step % cfg.save_every == 0 or step == cfg.max_steps:
                 save()

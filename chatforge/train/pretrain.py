@@ -1,7 +1,7 @@
 """Generative pre-training: next-token prediction over token shards.
 
     chatforge pretrain --run runs/demo [--preset tiny] [--max-steps 600] [--set model.n_layer=6]
-    torchrun --nproc_per_node=2 -m chatforge.cli pretrain --run runs/demo --dist fsdp
+    torchrun --nproc_per_node=2 -m chatforge.cli pretrain --run-dir runs/demo --dist fsdp
 
 Reads `<run>/data` (token shards) and `<run>/tokenizer`, writes `<run>/base/`: config.json,
 model.safetensors, tokenizer files, metrics.jsonl, train_config.json, checkpoint.pt (resumable), stage.json.
@@ -53,7 +53,7 @@ class PretrainTask:
     def val_batches(self, info, batch_size, n_batches):
         if self.val is None:
             return []
-        total = min(n_batches * batch_size * info.world_size, self.val.n)
+        total = min(n_batches * batch_size, self.val.n)  # the same windows whatever the world size
         mine = list(range(info.rank, total, info.world_size))
         out = []
         for i in range(0, len(mine), batch_size):
