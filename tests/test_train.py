@@ -11,7 +11,6 @@ import time
 import pytest
 import torch
 
-from chatforge import ChatforgeError
 from chatforge.cli import main
 from chatforge.config import TrainConfig
 from chatforge.train.loop import lr_at
