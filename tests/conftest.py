@@ -46,12 +46,12 @@ def cli_env(threads: int = 1) -> dict:
 
 
 def pretrain_cmd(run: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "chatforge.cli", "pretrain", "--run", str(run), *TINY_SETS, *TINY_TRAIN, *extra]
+    return [sys.executable, "-m", "chatforge.cli", "pretrain", "--run-dir", str(run), *TINY_SETS, *TINY_TRAIN, *extra]
 
 
 def torchrun_cmd(run: Path, nproc: int, *extra: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            "-m", "chatforge.cli", "pretrain", "--run", str(run), *TINY_SETS, *TINY_TRAIN, *extra]
+            "-m", "chatforge.cli", "pretrain", "--run-dir", str(run), *TINY_SETS, *TINY_TRAIN, *extra]
 
 
 def run_ok(cmd: list[str], env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
