@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from chatforge.config import TrainConfig  # noqa: E402
 from chatforge.model import GPT, ModelConfig  # noqa: E402
+from chatforge.train import loop  # noqa: E402
 from chatforge.train.loop import build_optimizer, peak_flops  # noqa: E402
 
 SHAPES: dict[str, dict] = {
@@ -73,15 +74,17 @@ class Contender:
     last_loss: torch.Tensor | None = None
 
 
-def reference_model(shape: dict) -> torch.nn.Module:
+def reference_model(shape: dict, activation: str = "gelu_new") -> torch.nn.Module:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     cfg = GPT2Config(vocab_size=shape["vocab_size"], n_positions=shape["max_seq_len"], n_embd=shape["d_model"],
                      n_layer=shape["n_layer"], n_head=shape["n_head"], n_inner=None,
-                     activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                     activation_function=activation, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                      tie_word_embeddings=True, bos_token_id=None, eos_token_id=None, use_cache=False,
                      attn_implementation="sdpa")
-    return GPT2LMHeadModel(cfg)
+    model = GPT2LMHeadModel(cfg)
+    model.loss_type = "ForCausalLM"  # HF's default causal-LM loss, named so it doesn't warn that it guessed
+    return model
 
 
 def chatforge_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -121,10 +124,14 @@ def bench_shape(shape_name: str, args, device: torch.device, dtype: torch.dtype,
         if cuda:
             torch.cuda.synchronize(device)
 
+    if args.compile or args.compile_reference:
+        # fresh compile caches per shape: otherwise the second shape is recompiled with dynamic shapes
+        # (automatic_dynamic_shapes), which is slower and not what a training run of that shape gets
+        torch._dynamo.reset()
     torch.manual_seed(args.seed)
     ours = GPT(ModelConfig.preset_style("gpt2", **shape)).to(device)
     torch.manual_seed(args.seed)
-    ref = reference_model(shape).to(device)
+    ref = reference_model(shape, args.reference_act).to(device)
     n_ours = ours.num_params()
     n_ref = sum(p.numel() for p in ref.parameters())  # parameters() counts the tied lm_head once
     print(f"\n== {shape_name}: batch {B} x seq {T}, {steps} timed steps after {warmup} warmup, "
@@ -139,11 +146,12 @@ def bench_shape(shape_name: str, args, device: torch.device, dtype: torch.dtype,
         ours.compile()
     contenders.append(Contender(f"chatforge GPT ({'compiled' if args.compile else 'eager'})", "chatforge", ours,
                                 chatforge_loss))
-    contenders.append(Contender("HF GPT2LMHeadModel (sdpa, eager)", "reference", ref,
+    ref_name = "HF GPT2LMHeadModel (sdpa" + ("" if args.reference_act == "gelu_new" else f", {args.reference_act}")
+    contenders.append(Contender(f"{ref_name}, eager)", "reference", ref,
                                 reference_loss))
     if ref_compiled is not None:
         ref_compiled.compile()
-        contenders.append(Contender("HF GPT2LMHeadModel (sdpa, compiled)", "reference_compiled", ref_compiled,
+        contenders.append(Contender(f"{ref_name}, compiled)", "reference_compiled", ref_compiled,
                                     reference_loss))
     for c in contenders:
         c.model.train()
@@ -201,11 +209,13 @@ def bench_shape(shape_name: str, args, device: torch.device, dtype: torch.dtype,
     tokens = B * T
     out: dict = {"shape": shape_name, "device": device.type, "device_name": device_name(device),
                  "dtype": str(dtype).removeprefix("torch."), "batch_size": B, "seq_len": T, "steps": steps,
-                 "warmup": warmup, "compile": args.compile, "torch": torch.__version__,
+                 "warmup": warmup, "compile": args.compile, "reference_activation": args.reference_act,
+                 "torch": torch.__version__,
                  "threads": torch.get_num_threads() if not cuda else None,
                  "params_chatforge": n_ours, "params_reference": n_ref, "flops_per_token": flops_per_token,
                  "peak_flops": peak, "peak_flops_source": peak_source(device)}
-    header = f"   {'model':<38} {'ms/step':>9} {'tokens/s':>11} {'MFU':>7} {'peak mem':>10} {'loss':>7}"
+    w = max(len(c.name) for c in contenders)
+    header = f"   {'model':<{w}} {'ms/step':>9} {'tokens/s':>11} {'MFU':>7} {'peak mem':>10} {'loss':>7}"
     print(header)
     print("   " + "-" * (len(header) - 3))
     for c in contenders:
@@ -217,7 +227,7 @@ def bench_shape(shape_name: str, args, device: torch.device, dtype: torch.dtype,
         out[c.key] = {"ms_per_step": 1e3 * med, "ms_per_step_min": 1e3 * min(c.times),
                       "ms_per_step_max": 1e3 * max(c.times), "tokens_per_s": tps, "mfu": mfu,
                       "peak_mem_gib": mem, "final_loss": loss}
-        print(f"   {c.name:<38} {1e3 * med:>9.1f} {tps:>11,.0f} {fmt(mfu and 100 * mfu, '.1f', '%'):>7} "
+        print(f"   {c.name:<{w}} {1e3 * med:>9.1f} {tps:>11,.0f} {fmt(mfu and 100 * mfu, '.1f', '%'):>7} "
               f"{fmt(mem, '.2f', ' GiB'):>10} {loss:>7.3f}")
     out["ratio_tokens_per_s"] = out["chatforge"]["tokens_per_s"] / out["reference"]["tokens_per_s"]
     print(f"   chatforge / reference tokens/s: {out['ratio_tokens_per_s']:.3f}x")
@@ -226,6 +236,19 @@ def bench_shape(shape_name: str, args, device: torch.device, dtype: torch.dtype,
                                               / out["reference_compiled"]["tokens_per_s"])
         print(f"   chatforge / compiled reference tokens/s: {out['ratio_vs_reference_compiled']:.3f}x")
     return out
+
+
+def measure_peak(device: torch.device) -> float | None:
+    """`peak_flops(device)`; on CPU the best of 3 of its (cached, 0.3 s) measurements, so that one unlucky
+    moment on a shared machine doesn't set the scale (a single low reading once gave 'MFU' > 100%)."""
+    cache = getattr(loop, "_CPU_PEAK", None)
+    if device.type != "cpu" or not isinstance(cache, dict):
+        return peak_flops(device)
+    best = 0.0
+    for _ in range(3):
+        cache.clear()
+        best = max(best, peak_flops(device) or 0.0)
+    return best or None
 
 
 def device_name(device: torch.device) -> str:
@@ -237,7 +260,8 @@ def device_name(device: torch.device) -> str:
 def peak_source(device: torch.device) -> str:
     if device.type == "cuda":
         return "dense bf16 tensor-core datasheet peak (chatforge.train.loop.GPU_PEAK_BF16)"
-    return f"measured fp32 1024x1024 matmul rate on {torch.get_num_threads()} threads (not a datasheet peak)"
+    return (f"measured fp32 1024x1024 matmul rate on {torch.get_num_threads()} threads, best of 3 "
+            "(not a datasheet peak)")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -251,6 +275,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--compile", action="store_true", help="compile chatforge's model (model.compile())")
     p.add_argument("--compile-reference", action="store_true",
                    help="also time a compiled copy of the reference (the eager one stays the baseline)")
+    p.add_argument("--reference-act", default="gelu_new", choices=["gelu_new", "gelu_pytorch_tanh"],
+                   help="the reference's activation_function: gelu_new (GPT-2's own config; composed of "
+                        "elementwise ops, and under bf16 autocast its torch.pow runs in fp32) or "
+                        "gelu_pytorch_tanh (the same function as one fused kernel, as ours uses)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="auto: bf16 autocast on CUDA, fp32 on CPU")
     p.add_argument("--seed", type=int, default=1337)
@@ -272,13 +300,15 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"unknown shapes {unknown}; expected some of {list(SHAPES)}")
     if args.warmup is not None and args.warmup < 1:
         raise SystemExit("--warmup must be >= 1")
+    if min(args.steps, args.batch_size, args.seq_len) < 0:
+        raise SystemExit("--steps, --batch-size and --seq-len must be positive")
     if device.type == "cuda":  # as the training loop does
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
     import transformers
 
-    peak = peak_flops(device)  # measured before anything else runs (on CPU)
+    peak = measure_peak(device)  # measured before anything else runs (on CPU)
     print(f"train_throughput: device {device} ({device_name(device)}), torch {torch.__version__}, "
           f"transformers {transformers.__version__}")
     if device.type == "cpu":
@@ -286,7 +316,8 @@ def main(argv: list[str] | None = None) -> None:
               "CPU 'MFU' is the fraction of that rate")
     else:
         print(f"MFU peak: {fmt(peak and peak / 1e12, ',.0f')} TFLOP/s bf16 ({peak_source(device)})"
-              + ("" if peak else "; unknown GPU, MFU not reported"))
+              + ("" if peak else "; unknown GPU, MFU not reported")
+              + ("; this run is fp32/TF32, so MFU is against the bf16 peak" if dtype == torch.float32 else ""))
     results = []
     for s in shapes:
         results.append(bench_shape(s, args, device, dtype, peak))
