@@ -10,15 +10,22 @@ between the models in alternating rounds so machine noise hits both alike; the p
 
 Reported per shape: tokens/s, ms/step, MFU (our `flops_per_token(seq_len)`, the same figure for both since
 the shapes are identical, x tokens/s / `chatforge.train.loop.peak_flops`; on CPU that peak is a measured fp32
-matmul rate, not a datasheet number), peak CUDA memory per model, and the chatforge/reference speed ratio.
-The last lines are `RESULT {json}`, one per shape, for pasting into a README.
+matmul rate, best of 5 windows, not a datasheet number), peak CUDA memory per model (its parameters + AdamW state
++ the peak working memory of its step; the other model, resident too, is not counted), and the
+chatforge/reference speed ratio. The last lines are `RESULT {json}`, one per shape, for a README.
 
     python benchmarks/train_throughput.py [--device cpu|cuda] [--shapes tiny,gpt2-124m] [--steps N]
-        [--batch-size B] [--seq-len T] [--compile] [--compile-reference] [--dtype auto|float32|bfloat16]
+        [--batch-size B] [--seq-len T] [--compile] [--dtype auto|float32|bfloat16]
+        [--compile-reference] [--reference-act gelu_new|gelu_pytorch_tanh] [--warmup N] [--seed S]
+
+Reading the ratio: HF's `gelu_new` (GPT-2's configured activation) is the tanh-GELU written as separate
+elementwise ops (and under bf16 autocast its `torch.pow` promotes the MLP activation to fp32), where ours is
+one fused `F.gelu(approximate="tanh")`; that accounts for most of the eager gap and of the reference's extra
+memory. `--reference-act gelu_pytorch_tanh` gives the reference the same fused kernel.
 
 Shapes: `tiny` is the tiny preset's size (4 layers, d 128, vocab 4096) in GPT-2 style; `gpt2-124m` is the
 gpt2-124m preset model. Defaults per device (batch x seq, steps): CPU tiny 8 x 128, gpt2-124m 1 x 128,
-12 steps each (under 3 minutes on 2 cores); CUDA tiny 32 x 256, gpt2-124m 16 x 1024, 30 steps, bf16
+12 steps each (under 3 minutes on 2 cores); CUDA tiny 32 x 256, gpt2-124m 32 x 1024, 30 steps, bf16
 autocast. `--compile` compiles ours with `model.compile()` (the reference stays eager: it is the plain
 reference step); `--compile-reference` adds a compiled copy of the reference as a third contender.
 """
@@ -44,7 +51,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from chatforge.config import TrainConfig  # noqa: E402
 from chatforge.model import GPT, ModelConfig  # noqa: E402
-from chatforge.train import loop  # noqa: E402
 from chatforge.train.loop import build_optimizer, peak_flops  # noqa: E402
 
 SHAPES: dict[str, dict] = {
@@ -54,7 +60,7 @@ SHAPES: dict[str, dict] = {
 # (batch_size, seq_len, timed steps) per device type and shape
 DEFAULTS: dict[str, dict[str, tuple[int, int, int]]] = {
     "cpu": {"tiny": (8, 128, 12), "gpt2-124m": (1, 128, 12)},
-    "cuda": {"tiny": (32, 256, 30), "gpt2-124m": (16, 1024, 30)},
+    "cuda": {"tiny": (32, 256, 30), "gpt2-124m": (32, 1024, 30)},
 }
 OPTIM = TrainConfig(lr=3e-4, beta1=0.9, beta2=0.95, weight_decay=0.1, grad_clip=1.0)
 ROUNDS = 3
@@ -147,8 +153,7 @@ def bench_shape(shape_name: str, args, device: torch.device, dtype: torch.dtype,
     contenders.append(Contender(f"chatforge GPT ({'compiled' if args.compile else 'eager'})", "chatforge", ours,
                                 chatforge_loss))
     ref_name = "HF GPT2LMHeadModel (sdpa" + ("" if args.reference_act == "gelu_new" else f", {args.reference_act}")
-    contenders.append(Contender(f"{ref_name}, eager)", "reference", ref,
-                                reference_loss))
+    contenders.append(Contender(f"{ref_name}, eager)", "reference", ref, reference_loss))
     if ref_compiled is not None:
         ref_compiled.compile()
         contenders.append(Contender(f"{ref_name}, compiled)", "reference_compiled", ref_compiled,
@@ -231,24 +236,13 @@ def bench_shape(shape_name: str, args, device: torch.device, dtype: torch.dtype,
               f"{fmt(mem, '.2f', ' GiB'):>10} {loss:>7.3f}")
     out["ratio_tokens_per_s"] = out["chatforge"]["tokens_per_s"] / out["reference"]["tokens_per_s"]
     print(f"   chatforge / reference tokens/s: {out['ratio_tokens_per_s']:.3f}x")
+    if cuda:
+        print("   (peak mem: the model's parameters + AdamW state + its step's peak working memory)")
     if "reference_compiled" in out:
         out["ratio_vs_reference_compiled"] = (out["chatforge"]["tokens_per_s"]
                                               / out["reference_compiled"]["tokens_per_s"])
         print(f"   chatforge / compiled reference tokens/s: {out['ratio_vs_reference_compiled']:.3f}x")
     return out
-
-
-def measure_peak(device: torch.device) -> float | None:
-    """`peak_flops(device)`; on CPU the best of 3 of its (cached, 0.3 s) measurements, so that one unlucky
-    moment on a shared machine doesn't set the scale (a single low reading once gave 'MFU' > 100%)."""
-    cache = getattr(loop, "_CPU_PEAK", None)
-    if device.type != "cpu" or not isinstance(cache, dict):
-        return peak_flops(device)
-    best = 0.0
-    for _ in range(3):
-        cache.clear()
-        best = max(best, peak_flops(device) or 0.0)
-    return best or None
 
 
 def device_name(device: torch.device) -> str:
@@ -260,7 +254,7 @@ def device_name(device: torch.device) -> str:
 def peak_source(device: torch.device) -> str:
     if device.type == "cuda":
         return "dense bf16 tensor-core datasheet peak (chatforge.train.loop.GPU_PEAK_BF16)"
-    return (f"measured fp32 1024x1024 matmul rate on {torch.get_num_threads()} threads, best of 3 "
+    return (f"measured fp32 2048x2048 matmul rate on {torch.get_num_threads()} threads, best of 5 windows "
             "(not a datasheet peak)")
 
 
@@ -308,7 +302,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import transformers
 
-    peak = measure_peak(device)  # measured before anything else runs (on CPU)
+    peak = peak_flops(device)  # measured before anything else runs (on CPU)
     print(f"train_throughput: device {device} ({device_name(device)}), torch {torch.__version__}, "
           f"transformers {transformers.__version__}")
     if device.type == "cpu":

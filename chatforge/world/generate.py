@@ -57,12 +57,14 @@ class Creature:
 
 
 def _name(rng: random.Random, used: set[str], parts: int) -> tuple[str, str]:
-    for _ in range(1000):
-        idx = [rng.randrange(len(_EN_SYLLABLES)) for _ in range(parts)]
-        en = "".join(_EN_SYLLABLES[i] for i in idx).capitalize()
-        if en not in used:
-            used.add(en)
-            return en, "".join(_ZH_SYLLABLES[i] for i in idx)
+    """A fresh bilingual name; longer names once the short ones run out (large worlds)."""
+    for length in range(parts, parts + 4):
+        for _ in range(300):
+            idx = [rng.randrange(len(_EN_SYLLABLES)) for _ in range(length)]
+            en = "".join(_EN_SYLLABLES[i] for i in idx).capitalize()
+            if en not in used:
+                used.add(en)
+                return en, "".join(_ZH_SYLLABLES[i] for i in idx)
     raise ChatforgeError("could not invent enough distinct names; use a smaller --size")
 
 
