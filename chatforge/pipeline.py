@@ -19,6 +19,18 @@ from chatforge.run import is_complete, stage_dir, write_run_info
 STAGES = ["world", "tokenizer", "data", "pretrain"]
 
 
+def _brief(stage: str, result) -> str:
+    """One-line summary of what a stage produced, for the progress log."""
+    if stage == "tokenizer":
+        cpt = result["chars_per_token"]
+        return f" (vocab {result['vocab_size']}, chars/token: " + ", ".join(f"{k} {v}" for k, v in cpt.items()) + ")"
+    if stage == "data":
+        return f" (tokens: train {result['train']:,}, val {result['val']:,})"
+    if stage == "pretrain":
+        return f" (loss {result.get('train/loss', float('nan')):.3f}, val loss {result.get('val/loss', float('nan')):.3f})"
+    return ""
+
+
 def run_pipeline(run: str | Path, preset_name: str, preset: Preset, until: str | None = None,
                  force: bool = False, data: list[str] | None = None, model_overrides: dict | None = None,
                  seed: int = 0) -> dict:
@@ -46,7 +58,8 @@ def run_pipeline(run: str | Path, preset_name: str, preset: Preset, until: str |
             print(f"[{i}/{len(STAGES)}] {name}: running -> {folder}", flush=True)
             t0 = time.perf_counter()
             results[name] = actions[name]()
-            print(f"[{i}/{len(STAGES)}] {name}: done in {time.perf_counter() - t0:.1f}s", flush=True)
+            print(f"[{i}/{len(STAGES)}] {name}: done in {time.perf_counter() - t0:.1f}s{_brief(name, results[name])}",
+                  flush=True)
         if name == until:
             break
     return results
