@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 from chatforge import ChatforgeError
@@ -167,11 +166,12 @@ def main(argv: list[str] | None = None) -> int:
             meta = run_data_stage(args.run, args.data, args.val_every)
             print(f"token shards: {meta['tokens']} tokens ({meta['dtype']}), {meta['documents']} documents")
         elif args.command == "pretrain":
+            from chatforge.run import is_main_process
             from chatforge.train.pretrain import run_pretrain
 
             _, preset, model_over = _resolve_preset(args)
             summary = run_pretrain(args.run, preset.model, preset.train, model_over)
-            if os.environ.get("RANK", "0") == "0":
+            if is_main_process():
                 print(f"pretrain done: step {summary['step']}, loss {summary.get('train/loss', float('nan')):.4f}, "
                       f"val loss {summary.get('val/loss', float('nan')):.4f} -> {summary['model_dir']}")
         elif args.command == "sample":

@@ -9,6 +9,7 @@ complete stages. `run.json` remembers the preset the run was created with.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from chatforge import ChatforgeError
@@ -37,10 +38,20 @@ def is_complete(folder: Path) -> bool:
         return False
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """Readers (other ranks, a concurrent pipeline) see the old or the new file, never half of one."""
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def is_main_process() -> bool:
+    """Rank 0 under torchrun (usable before the process group exists), else True."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def mark_complete(folder: Path, **info) -> None:
-    tmp = folder / "stage.json.tmp"
-    tmp.write_text(json.dumps({"complete": True, **info}, indent=2))
-    tmp.replace(folder / "stage.json")
+    atomic_write_text(folder / "stage.json", json.dumps({"complete": True, **info}, indent=2))
 
 
 def read_run_info(run: Path) -> dict:

@@ -117,8 +117,12 @@ def train(stage_dir: str | Path, make_model: Callable[[], GPT], cfg: TrainConfig
 
 
 def _train(stage: Path, make_model, cfg: TrainConfig, task: Task, desc: str, info: DistInfo, on_finish) -> dict:
-    if cfg.max_steps <= 0 or cfg.batch_size <= 0 or cfg.grad_accum <= 0:
-        raise ChatforgeError("max_steps, batch_size and grad_accum must be positive")
+    bad = [f"{k}={getattr(cfg, k)}" for k in ("max_steps", "batch_size", "grad_accum", "seq_len", "log_every",
+                                             "eval_every", "save_every") if getattr(cfg, k) <= 0]
+    if bad:
+        raise ChatforgeError(f"these training settings must be positive: {', '.join(bad)}")
+    if cfg.dist not in ("ddp", "fsdp"):
+        raise ChatforgeError(f"--dist {cfg.dist!r}: expected 'ddp' or 'fsdp'")
     if info.is_main:
         stage.mkdir(parents=True, exist_ok=True)
     dist.barrier()

@@ -19,7 +19,7 @@ from chatforge import ChatforgeError
 from chatforge.config import TrainConfig, apply_overrides
 from chatforge.data.shards import load_split, read_meta
 from chatforge.model import GPT, ModelConfig, save_model
-from chatforge.run import mark_complete, require_run, stage_dir
+from chatforge.run import atomic_write_text, is_main_process, mark_complete, require_run, stage_dir
 from chatforge.tokenizer import Tokenizer, copy_tokenizer_files
 from chatforge.train import loop
 from chatforge.train.sampler import WindowSampler
@@ -94,9 +94,12 @@ def run_pretrain(run: str | Path, model_cfg_base: ModelConfig, tcfg: TrainConfig
             copy_tokenizer_files(tok_dir, out)
             mark_complete(out, stage="pretrain", steps=tcfg.max_steps)
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "train_config.json").write_text(json.dumps(asdict(tcfg), indent=2))
-    (out / "config.json").write_text(json.dumps(mcfg.to_dict(), indent=2))
+    if is_main_process():
+        out.mkdir(parents=True, exist_ok=True)
+        # training (again): the folder is incomplete until on_finish rewrites stage.json
+        (out / "stage.json").unlink(missing_ok=True)
+        atomic_write_text(out / "train_config.json", json.dumps(asdict(tcfg), indent=2))
+        atomic_write_text(out / "config.json", json.dumps(mcfg.to_dict(), indent=2))
     summary = loop.train(out, lambda: GPT(mcfg), tcfg, task, desc="pretrain", on_finish=finish)
     summary["model_dir"] = str(out)
     return summary
