@@ -15,6 +15,11 @@ from chatforge.data.shards import run_data_stage
 from chatforge.tokenizer import run_tokenizer_stage
 from chatforge.world import generate_world
 
+# The suite pins CPU behaviour (bit-exact resume, gloo multi-process equality): hide GPUs so `make test`
+# means the same on a GPU machine as in CI. CUDA is initialised lazily, so this
+# still takes effect after `import torch`.
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
 # A model small enough that a training step takes milliseconds on one CPU core.
 TINY_SETS = ["--set", "model.n_layer=2", "--set", "model.d_model=64", "--set", "model.n_head=4",
              "--set", "model.n_kv_head=2", "--set", "model.max_seq_len=64"]
