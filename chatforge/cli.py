@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain", help="generative pre-training on the token shards")
     _add_run(p)
     _add_train_flags(p)
+    p.add_argument("--force", action="store_true", help="discard an existing checkpoint and start over")
 
     p = sub.add_parser("sample", help="print a continuation from a trained model")
     _add_run(p)
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             from chatforge.run import read_run_info
             from chatforge.tokenizer import run_tokenizer_stage
 
-            vocab = args.vocab_size or get_preset(
+            vocab = args.vocab_size if args.vocab_size is not None else get_preset(
                 args.preset or read_run_info(Path(args.run)).get("preset", "tiny")).vocab_size
             stats = run_tokenizer_stage(args.run, vocab, args.data)
             print(json.dumps(stats, indent=2, ensure_ascii=False))
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             from chatforge.train.pretrain import run_pretrain
 
             _, preset, model_over = _resolve_preset(args)
-            summary = run_pretrain(args.run, preset.model, preset.train, model_over)
+            summary = run_pretrain(args.run, preset.model, preset.train, model_over, fresh=args.force)
             if is_main_process():
                 print(f"pretrain done: step {summary['step']}, loss {summary.get('train/loss', float('nan')):.4f}, "
                       f"val loss {summary.get('val/loss', float('nan')):.4f} -> {summary['model_dir']}")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from chatforge import ChatforgeError
 from chatforge.config import Preset
-from chatforge.run import is_complete, stage_dir, write_run_info
+from chatforge.run import read_stage_info, stage_dir, write_run_info
 
 STAGES = ["world", "tokenizer", "data", "pretrain"]
 
@@ -34,32 +34,52 @@ def _brief(stage: str, result) -> str:
 def run_pipeline(run: str | Path, preset_name: str, preset: Preset, until: str | None = None,
                  force: bool = False, data: list[str] | None = None, model_overrides: dict | None = None,
                  seed: int = 0) -> dict:
-    from chatforge.data.shards import run_data_stage
-    from chatforge.tokenizer import run_tokenizer_stage
-    from chatforge.train.pretrain import run_pretrain
-    from chatforge.world import generate_world
+    """Run the stages in order. A complete stage is skipped when it was made with the settings asked for
+    now; if they differ, stop with the difference (nothing is overwritten) unless `force`. Once a stage
+    runs, every later stage is rebuilt from scratch, since its inputs changed."""
+    from chatforge.data.shards import data_settings, run_data_stage
+    from chatforge.tokenizer import Tokenizer, run_tokenizer_stage, tokenizer_settings
+    from chatforge.train.pretrain import plan_pretrain, run_pretrain
+    from chatforge.world import generate_world, world_settings
 
     if until is not None and until not in STAGES:
         raise ChatforgeError(f"--until {until!r}: expected one of {STAGES}")
     run = Path(run)
     write_run_info(run, preset=preset_name)
-    results: dict = {}
-    actions = {
-        "world": lambda: str(generate_world(run, seed=seed, size=preset.world_size)) if not data else "skipped (--data)",
-        "tokenizer": lambda: run_tokenizer_stage(run, preset.vocab_size, data),
-        "data": lambda: run_data_stage(run, data)["tokens"],
-        "pretrain": lambda: run_pretrain(run, preset.model, preset.train, model_overrides),
+    val_every = 50
+    settings = {
+        "world": lambda: world_settings(seed, preset.world_size),
+        "tokenizer": lambda: tokenizer_settings(preset.vocab_size, data),
+        "data": lambda: data_settings(data, val_every, Tokenizer.load(stage_dir(run, "tokenizer"))),
+        "pretrain": lambda: plan_pretrain(run, preset.model, preset.train, model_overrides)[1],
     }
+    redo = force
+    actions = {
+        "world": lambda: str(generate_world(run, seed=seed, size=preset.world_size)),
+        "tokenizer": lambda: run_tokenizer_stage(run, preset.vocab_size, data),
+        "data": lambda: run_data_stage(run, data, val_every)["tokens"],
+        "pretrain": lambda: run_pretrain(run, preset.model, preset.train, model_overrides, fresh=redo),
+    }
+    results: dict = {}
     for i, name in enumerate(STAGES, 1):
-        folder = stage_dir(run, name)
-        if not force and is_complete(folder):
-            print(f"[{i}/{len(STAGES)}] {name}: complete, skipping ({folder})", flush=True)
+        folder, tag = stage_dir(run, name), f"[{i}/{len(STAGES)}] {name}"
+        recorded = read_stage_info(folder)
+        if name == "world" and data:
+            print(f"{tag}: not needed (--data given)", flush=True)
+        elif recorded.get("complete") and not redo:
+            wanted, old = settings[name](), recorded.get("settings")
+            if old != wanted:
+                diff = {k: (old.get(k) if isinstance(old, dict) else None, v) for k, v in wanted.items()
+                        if not isinstance(old, dict) or old.get(k) != v}
+                raise ChatforgeError(f"{folder} is complete but was made with other settings {diff} (then, now). "
+                                     f"Add --force to redo it and the stages after it, or use another --run")
+            print(f"{tag}: complete, skipping ({folder})", flush=True)
         else:
-            print(f"[{i}/{len(STAGES)}] {name}: running -> {folder}", flush=True)
+            print(f"{tag}: running -> {folder}", flush=True)
             t0 = time.perf_counter()
             results[name] = actions[name]()
-            print(f"[{i}/{len(STAGES)}] {name}: done in {time.perf_counter() - t0:.1f}s{_brief(name, results[name])}",
-                  flush=True)
+            print(f"{tag}: done in {time.perf_counter() - t0:.1f}s{_brief(name, results[name])}", flush=True)
+            redo = True  # later stages were built from the old output
         if name == until:
             break
     return results

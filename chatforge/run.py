@@ -30,12 +30,25 @@ def stage_dir(run: str | Path, stage: str) -> Path:
     return Path(run) / STAGE_DIRS.get(stage, stage)
 
 
-def is_complete(folder: Path) -> bool:
-    f = folder / "stage.json"
+def read_json(path: Path, what: str = "file") -> dict:
+    """Parse a JSON object from `path`, naming the file and the fix when it is damaged."""
     try:
-        return f.is_file() and json.loads(f.read_text()).get("complete") is True
-    except json.JSONDecodeError:
-        return False
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ChatforgeError(f"{path}: damaged {what} ({e}); delete it and re-run the stage that writes it") from None
+    if not isinstance(obj, dict):
+        raise ChatforgeError(f"{path}: expected a JSON object in this {what}")
+    return obj
+
+
+def read_stage_info(folder: Path) -> dict:
+    """Contents of stage.json ({} when absent)."""
+    f = folder / "stage.json"
+    return read_json(f, "stage record") if f.is_file() else {}
+
+
+def is_complete(folder: Path) -> bool:
+    return read_stage_info(folder).get("complete") is True
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -50,13 +63,15 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def mark_complete(folder: Path, **info) -> None:
-    atomic_write_text(folder / "stage.json", json.dumps({"complete": True, **info}, indent=2))
+def mark_complete(folder: Path, settings: dict, **info) -> None:
+    """Record a finished stage and the settings it was made with (the pipeline compares them)."""
+    atomic_write_text(folder / "stage.json", json.dumps({"complete": True, "settings": settings, **info},
+                                                        indent=2, ensure_ascii=False))
 
 
 def read_run_info(run: Path) -> dict:
     f = run / "run.json"
-    return json.loads(f.read_text()) if f.is_file() else {}
+    return read_json(f, "run record") if f.is_file() else {}
 
 
 def write_run_info(run: Path, **info) -> None:

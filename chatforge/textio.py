@@ -33,10 +33,13 @@ def iter_documents(paths: list[str | Path], text_field: str = "text") -> Iterato
     """Yield {"text", "source", "lang"?} dicts; malformed jsonl lines raise naming file and line."""
     for f in list_text_files(paths):
         if f.suffix == ".txt":
-            yield {"text": f.read_text(encoding="utf-8"), "source": f.stem}
+            try:
+                yield {"text": f.read_text(encoding="utf-8"), "source": f.stem}
+            except UnicodeDecodeError as e:
+                raise ChatforgeError(f"{f}: not UTF-8 text (byte {e.start}); convert it to UTF-8") from None
             continue
         with open(f, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
+            for lineno, line in _numbered_lines(fh, f):
                 if not line.strip():
                     continue
                 try:
@@ -45,5 +48,19 @@ def iter_documents(paths: list[str | Path], text_field: str = "text") -> Iterato
                     raise ChatforgeError(f"{f}:{lineno}: not valid JSON ({e.msg})") from None
                 if not isinstance(rec, dict) or not isinstance(rec.get(text_field), str):
                     raise ChatforgeError(f"{f}:{lineno}: expected an object with a string field {text_field!r}")
+                try:
+                    rec[text_field].encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ChatforgeError(f"{f}:{lineno}: {text_field!r} holds a lone surrogate escape "
+                                         f"(e.g. \\ud800), which is not valid Unicode text") from None
                 rec.setdefault("source", f.stem)
                 yield rec
+
+
+def _numbered_lines(fh, f: Path) -> Iterator[tuple[int, str]]:
+    lineno = 0
+    try:
+        for lineno, line in enumerate(fh, 1):  # noqa: B007 (lineno is read in the except)
+            yield lineno, line
+    except UnicodeDecodeError:
+        raise ChatforgeError(f"{f}: line {lineno + 1} is not UTF-8 text; convert the file to UTF-8") from None

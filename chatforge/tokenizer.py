@@ -16,6 +16,9 @@ Design choices:
 - Chat format: <|bos|> then, per message, <|role|>content<|end|>; a generation prompt ends with
   <|assistant|>. Content sits directly between special tokens, so its ids don't depend on context and the
   template's ids equal the concatenation of the parts (which SFT needs for exact label masks).
+- One known difference from HF: `apply_chat_template` in `transformers` renders text and then parses
+  special-token strings anywhere in it, message content included, so content containing "<|end|>" gets a
+  real <|end|> there. Ours never does (tested). Serve through chatforge, or sanitise content, to be safe.
 """
 
 from __future__ import annotations
@@ -63,6 +66,12 @@ class Tokenizer:
         self.special_ids: dict[str, int] = ids  # type: ignore[assignment]
         self.bos_id, self.eos_id, self.pad_id, self.end_id = ids[BOS], ids[EOS], ids[PAD], ids[END]
         self.role_ids = {r: ids[t] for r, t in ROLE_TOKENS.items()}
+
+    def fingerprint(self) -> str:
+        """sha256 of the serialised tokenizer: later stages check their inputs were made with this one."""
+        import hashlib
+
+        return hashlib.sha256(self.hf.to_str().encode()).hexdigest()
 
     @property
     def vocab_size(self) -> int:
@@ -180,6 +189,10 @@ def copy_tokenizer_files(src_dir: str | Path, dst_dir: str | Path) -> None:
             shutil.copyfile(src, Path(dst_dir) / name)
 
 
+def tokenizer_settings(vocab_size: int, data: list[str] | None) -> dict:
+    return {"vocab_size": vocab_size, "data": data}
+
+
 def run_tokenizer_stage(run: str | Path, vocab_size: int, data: list[str] | None = None,
                         heldout_every: int = 50) -> dict:
     """Train on the run's text (world/raw unless `data` is given), save to <run>/tokenizer, and report
@@ -199,11 +212,18 @@ def run_tokenizer_stage(run: str | Path, vocab_size: int, data: list[str] | None
             else:
                 yield doc["text"]
 
-    tok = train_tokenizer(training_texts(), vocab_size)
+    try:
+        tok = train_tokenizer(training_texts(), vocab_size)
+    except ChatforgeError:
+        if heldout:  # only held-out documents: the corpus is a single document
+            raise ChatforgeError(f"{sources}: a single document; need at least 2 (every {heldout_every}th, "
+                                 f"starting with the first, is held out for validation)") from None
+        raise
     out = stage_dir(run, "tokenizer")
     tok.save(out)
     stats = {"vocab_size": tok.vocab_size, "requested_vocab_size": vocab_size,
              "chars_per_token": chars_per_token(tok, heldout), "heldout_docs": len(heldout), "sources": sources}
     (out / "stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False))
-    mark_complete(out, stage="tokenizer", vocab_size=tok.vocab_size)
+    mark_complete(out, settings=tokenizer_settings(vocab_size, data), stage="tokenizer",
+                  vocab_size=tok.vocab_size, sha256=tok.fingerprint())
     return stats

@@ -7,7 +7,7 @@ import json
 from chatforge.cli import main
 from tests.conftest import TINY_SETS
 
-FAST = [*TINY_SETS, "--seq-len", "32", "--batch-size", "2", "--max-steps", "3", "--eval-every", "3"]
+FAST = [*TINY_SETS, "--seq-len", "32", "--batch-size", "2", "--max-steps", "3", "--eval-every", "3", "--log-every", "1"]
 
 
 def test_pipeline_until_then_resume_and_skip(tmp_path, capsys):
@@ -30,6 +30,17 @@ def test_pipeline_until_then_resume_and_skip(tmp_path, capsys):
     assert main(["pipeline", "--run", str(run), *FAST]) == 0
     assert "pretrain: complete, skipping" in capsys.readouterr().out
 
+    # asking for other settings than a complete stage was made with stops and names the difference
+    assert main(["pipeline", "--run", str(run), *FAST, "--max-steps", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "base is complete but was made with other settings" in err and "max_steps" in err
+    assert main(["pipeline", "--run", str(run), *FAST, "--max-steps", "4", "--force"]) == 0
+    out = capsys.readouterr().out
+    assert "resuming" not in out and "[1/4] world: running" in out and "[4/4] pretrain: done" in out
+    steps = [json.loads(line)["step"] for line in (run / "base" / "metrics.jsonl").read_text().splitlines()
+             if "train/loss" in line]
+    assert steps == [1, 2, 3, 4]
+
 
 def test_pipeline_on_user_corpus(tmp_path, capsys):
     corpus = tmp_path / "corpus.jsonl"
@@ -46,6 +57,35 @@ def test_pipeline_on_user_corpus(tmp_path, capsys):
 def test_pipeline_bad_until(tmp_path, capsys):
     assert main(["pipeline", "--run", str(tmp_path / "x"), "--until", "rlhf"]) == 2
     assert "--until 'rlhf'" in capsys.readouterr().err
+
+
+def test_retrained_tokenizer_invalidates_shards(tmp_path, capsys):
+    from chatforge.tokenizer import run_tokenizer_stage
+
+    run = tmp_path / "demo"
+    assert main(["pipeline", "--run", str(run), "--until", "data", *FAST]) == 0
+    run_tokenizer_stage(run, vocab_size=700)  # someone re-trains the tokenizer by hand
+    assert main(["pretrain", "--run", str(run), *FAST]) == 2
+    assert "different tokenizer" in capsys.readouterr().err
+
+
+def test_single_document_and_non_utf8_corpora_are_clear_errors(tmp_path, capsys):
+    book = tmp_path / "book.txt"
+    book.write_text("One long book. " * 200)
+    assert main(["pipeline", "--run", str(tmp_path / "a"), "--data", str(book), *FAST]) == 2
+    assert "single document" in capsys.readouterr().err
+    latin1 = tmp_path / "old.txt"
+    latin1.write_bytes("caf\u00e9".encode("latin-1"))
+    assert main(["pipeline", "--run", str(tmp_path / "b"), "--data", str(latin1), *FAST]) == 2
+    assert "not UTF-8" in capsys.readouterr().err
+
+
+def test_damaged_run_record_is_a_clear_error(tmp_path, capsys):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "run.json").write_text("{trunc")
+    assert main(["pretrain", "--run", str(run)]) == 2
+    assert "damaged run record" in capsys.readouterr().err
 
 
 def test_empty_user_corpus_is_a_clear_error(tmp_path, capsys):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -77,12 +78,14 @@ def test_resume_after_sigkill_equals_uninterrupted(prepared_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_kill_in_the_middle_of_a_save_keeps_the_previous_checkpoint(prepared_run, tmp_path):
+@pytest.mark.parametrize("dropout", ["0.0", "0.1"])
+def test_kill_in_the_middle_of_a_save_keeps_the_previous_checkpoint(prepared_run, tmp_path, dropout):
+    """With dropout the RNG streams must be restored too for the resumed curve to be identical."""
     import shutil
 
     other = tmp_path / "uninterrupted"
     shutil.copytree(prepared_run, other)
-    args = ["--max-steps", "30", "--save-every", "10", "--eval-every", "100"]
+    args = ["--max-steps", "30", "--save-every", "10", "--eval-every", "100", "--set", f"model.dropout={dropout}"]
     run_ok(pretrain_cmd(other, *args))
     env = cli_env()
     env["CHATFORGE_TEST_KILL_IN_SAVE"] = "20"  # dies after writing the temp file of step 20, before rename
@@ -90,7 +93,7 @@ def test_kill_in_the_middle_of_a_save_keeps_the_previous_checkpoint(prepared_run
     assert proc.returncode == -signal.SIGKILL
     base = prepared_run / "base"
     assert (base / "checkpoint.pt.tmp").exists()
-    assert torch.load(base / "checkpoint.pt", weights_only=False)["step"] == 10
+    assert torch.load(base / "checkpoint.pt", weights_only=True)["step"] == 10
     out = run_ok(pretrain_cmd(prepared_run, *args))
     assert "at step 10" in out.stdout
     assert not (base / "checkpoint.pt.tmp").exists()
@@ -130,10 +133,16 @@ def test_save_on_two_processes_resume_on_one(prepared_run, tmp_path):
 
     other = tmp_path / "single"
     shutil.copytree(prepared_run, other)
-    common = ["--save-every", "5", "--eval-every", "100"]
-    run_ok(pretrain_cmd(other, *common, "--max-steps", "10", "--grad-accum", "2"))
-    run_ok(torchrun_cmd(prepared_run, 2, *common, "--max-steps", "5", "--dist", "fsdp"))
-    run_ok(pretrain_cmd(prepared_run, *common, "--max-steps", "10", "--grad-accum", "2"))
+    common = ["--save-every", "5", "--eval-every", "100", "--max-steps", "10"]
+    run_ok(pretrain_cmd(other, *common, "--grad-accum", "2"))
+    env = cli_env()
+    env["CHATFORGE_TEST_KILL_IN_SAVE"] = "10"  # the 2-process run dies while saving step 10
+    proc = subprocess.run(torchrun_cmd(prepared_run, 2, *common, "--dist", "fsdp"), env=env, capture_output=True,
+                          timeout=300)
+    assert proc.returncode != 0
+    assert torch.load(prepared_run / "base" / "checkpoint.pt", weights_only=True)["step"] == 5
+    out = run_ok(pretrain_cmd(prepared_run, *common, "--grad-accum", "2"))  # same global batch, 1 process
+    assert "at step 5" in out.stdout
     got, _ = read_metrics(prepared_run / "base")
     want, _ = read_metrics(other / "base")
     assert sorted(got) == list(range(1, 11))
@@ -161,11 +170,49 @@ def test_corrupt_checkpoint_is_a_clear_error(prepared_run, capsys):
     assert "corrupt" in err and "checkpoint.pt" in err
 
 
-def test_changed_architecture_refuses_to_resume(prepared_run, capsys):
+def test_changed_settings_refuse_to_resume_until_forced(prepared_run, capsys):
     args = ["pretrain", "--run", str(prepared_run), *TINY_SETS, *TINY_TRAIN, "--save-every", "2"]
     assert main([*args, "--max-steps", "2"]) == 0
-    assert main([*args, "--max-steps", "4", "--set", "model.n_layer=3"]) == 2
-    assert "different model config" in capsys.readouterr().err
+    capsys.readouterr()
+    assert main([*args, "--max-steps", "2", "--set", "model.n_layer=3"]) == 2
+    err = capsys.readouterr().err
+    assert "different settings" in err and "n_layer" in err and "--force" in err
+    assert main([*args, "--max-steps", "4"]) == 2  # a longer schedule changes the LR curve: refused too
+    assert "max_steps" in capsys.readouterr().err
+    assert main([*args, "--max-steps", "4", "--force"]) == 0
+    train, _ = read_metrics(prepared_run / "base")
+    assert sorted(train) == [1, 2, 3, 4]
+
+
+def test_restart_without_checkpoint_drops_stale_metrics(prepared_run):
+    base = prepared_run / "base"
+    base.mkdir()
+    stale = [json.dumps({"step": s, "train/loss": 99.0}) for s in (1, 2, 3)]
+    (base / "metrics.jsonl").write_text("\n".join(stale) + '\n{"step": 4, "train/lo')  # torn by a kill
+    assert main(["pretrain", "--run", str(prepared_run), *TINY_SETS, *TINY_TRAIN, "--max-steps", "3"]) == 0
+    train, _ = read_metrics(base)  # read_metrics also asserts no duplicate steps
+    assert sorted(train) == [1, 2, 3] and 99.0 not in train.values()
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_val_batches_same_count_on_every_rank_and_same_windows(prepared_run, world):
+    from chatforge.train.dist import DistInfo
+    from chatforge.train.pretrain import PretrainTask
+
+    task = PretrainTask(prepared_run / "data", seq_len=32, seed=0)
+    total = min(7 * 3, task.val.n)
+    per_rank = [task.val_batches(DistInfo(rank=r, world_size=world), 3, 7) for r in range(world)]
+    assert len({len(b) for b in per_rank}) == 1  # FSDP forwards are collective
+    rows = [row for batches in per_rank for b in batches if task.tokens_in(b) for row in b["x"].tolist()]
+    single = [row for b in task.val_batches(DistInfo(), 3, 7) for row in b["x"].tolist()]
+    assert sorted(rows) == sorted(single) and len(single) == total
+
+
+@pytest.mark.parametrize("flag,value,msg", [("--device", "tpu9", "--device"), ("--seed", "-1", "--seed -1"),
+                                            ("--dist", "zero3", "--dist 'zero3'")])
+def test_bad_flags_are_clear_errors(prepared_run, capsys, flag, value, msg):
+    assert main(["pretrain", "--run", str(prepared_run), *TINY_SETS, *TINY_TRAIN, flag, value]) == 2
+    assert msg in capsys.readouterr().err
 
 
 def test_bad_override_is_a_clear_error(prepared_run, capsys):

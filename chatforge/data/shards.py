@@ -98,9 +98,12 @@ def write_shards(texts: Iterable[str], tok: Tokenizer, out_dir: str | Path, val_
     for w in writers.values():
         w.close()
     if n_docs < 2:
-        raise ChatforgeError(f"corpus has {n_docs} non-empty document(s); need at least 2 (train + val)")
+        raise ChatforgeError(f"corpus has {n_docs} non-empty document(s); need at least 2: the first (and every "
+                             f"{val_every}th) goes to validation. Split a single .txt into several files, or "
+                             f"use .jsonl with one document per line")
     meta = {
-        "dtype": dtype.name, "vocab_size": tok.vocab_size, "bos_id": tok.bos_id, "eos_id": tok.eos_id,
+        "dtype": dtype.name, "vocab_size": tok.vocab_size, "tokenizer_sha256": tok.fingerprint(),
+        "bos_id": tok.bos_id, "eos_id": tok.eos_id,
         "val_every": val_every, "documents": n_docs,
         "splits": {s: w.shards for s, w in writers.items()},
         "tokens": {s: sum(sh["tokens"] for sh in w.shards) for s, w in writers.items()},
@@ -115,7 +118,9 @@ def read_meta(data_dir: str | Path) -> dict:
     f = Path(data_dir) / "meta.json"
     if not f.is_file():
         raise ChatforgeError(f"{f}: missing; run `chatforge data --run ...` to write token shards first")
-    return json.loads(f.read_text())
+    from chatforge.run import read_json
+
+    return read_json(f, "shard index")
 
 
 def load_split(data_dir: str | Path, split: str) -> list[np.ndarray]:
@@ -134,6 +139,10 @@ def load_split(data_dir: str | Path, split: str) -> list[np.ndarray]:
     return arrays
 
 
+def data_settings(data: list[str] | None, val_every: int, tok: Tokenizer) -> dict:
+    return {"data": data, "val_every": val_every, "tokenizer_sha256": tok.fingerprint()}
+
+
 def run_data_stage(run: str | Path, data: list[str] | None = None, val_every: int = 50) -> dict:
     """<run>/world/raw (or `data`) -> <run>/data shards with the run's tokenizer."""
     from chatforge.run import mark_complete, require_run, stage_dir
@@ -144,5 +153,5 @@ def run_data_stage(run: str | Path, data: list[str] | None = None, val_every: in
     sources = data or [str(stage_dir(run, "world") / "raw")]
     out = stage_dir(run, "data")
     meta = write_shards((d["text"] for d in iter_documents(sources)), tok, out, val_every=val_every)
-    mark_complete(out, stage="data", sources=sources, tokens=meta["tokens"])
+    mark_complete(out, settings=data_settings(data, val_every, tok), stage="data", tokens=meta["tokens"])
     return meta

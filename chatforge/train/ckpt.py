@@ -44,24 +44,42 @@ def _fsync_dir(path: Path) -> None:
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """This process's RNG states as plain tensors/lists, so the checkpoint loads with weights_only=True."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_py = random.getstate()
+    state = {"python": [version, list(internal), gauss_py], "torch": torch.get_rng_state(),
+             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss]}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss_py = state["python"]
+    random.setstate((version, tuple(internal), gauss_py))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _all_rng_states() -> list[dict]:
+    """Every rank's RNG state (collective), so each rank resumes its own dropout stream."""
+    import torch.distributed as dist
+
+    mine = rng_state()
+    if not dist.is_initialized():
+        return [mine]
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, mine)
+    return gathered
+
+
 def save_checkpoint(stage_dir: Path, model, optimizer, extra: dict, is_main: bool) -> None:
     """All ranks call (state gathering is collective); rank 0 writes."""
     payload = {"model": full_model_state(model), "optim": get_optimizer_state_dict(model, optimizer, options=_FULL),
-               "rng": rng_state(), **extra}
+               "rng": _all_rng_states(), **extra}
     if not is_main:
         return
     final, tmp = stage_dir / CKPT_NAME, stage_dir / (CKPT_NAME + ".tmp")
@@ -83,13 +101,20 @@ def load_checkpoint(stage_dir: Path) -> dict | None:
     if not f.exists():
         return None
     try:
-        return torch.load(f, map_location="cpu", weights_only=False)
+        # weights_only: tensors and plain containers only, so a checkpoint can't run code when loaded
+        return torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:
         raise ChatforgeError(f"{f}: checkpoint is corrupt or unreadable ({type(e).__name__}: {e}). "
                              f"Delete it to restart this stage from scratch.") from None
 
 
-def restore(model, optimizer, payload: dict) -> None:
+def restore(model, optimizer, payload: dict, rank: int) -> None:
+    """Load weights and optimizer state (resharding as needed) and this rank's RNG state. Resuming on a
+    different number of processes keeps rank r's stream where it exists, else reseeds deterministically."""
     set_model_state_dict(model, payload["model"], options=StateDictOptions(full_state_dict=True))
     set_optimizer_state_dict(model, optimizer, payload["optim"], options=StateDictOptions(full_state_dict=True))
-    set_rng_state(payload["rng"])
+    states = payload["rng"]
+    if rank < len(states):
+        set_rng_state(states[rank])
+    else:
+        torch.manual_seed(int(payload["step"]) * 1000 + rank)

@@ -34,7 +34,10 @@ class DistInfo:
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ChatforgeError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ChatforgeError(f"--device {name}: CUDA is not available on this machine")
     if dev.type == "cuda" and dev.index is None:

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from chatforge import ChatforgeError
 from chatforge.config import TrainConfig
 from chatforge.model import GPT
+from chatforge.run import atomic_write_text
 from chatforge.train import ckpt, dist
 from chatforge.train.dist import DistInfo
 
@@ -39,9 +40,14 @@ class Task(Protocol):
 
     def loss(self, model, batch: dict) -> torch.Tensor: ...
 
-    def tokens_in(self, batch: dict) -> int: ...
+    def tokens_in(self, batch: dict) -> int:
+        """Tokens that carry loss in a (CPU) batch."""
+        ...
 
-    def val_batches(self, info: DistInfo, batch_size: int, n_batches: int) -> list[dict]: ...
+    def val_batches(self, info: DistInfo, batch_size: int, n_batches: int) -> list[dict]:
+        """The same number of batches on every rank (FSDP forwards are collective); padding batches have
+        tokens_in == 0. Together the ranks cover the same windows whatever the world size."""
+        ...
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -63,7 +69,8 @@ def peak_flops(device: torch.device) -> float | None:
         # best of several short windows: one slow window (a noisy neighbour, a frequency dip) would
         # otherwise understate the peak and inflate MFU
         n = 2048
-        a, b = torch.randn(n, n), torch.randn(n, n)
+        gen = torch.Generator().manual_seed(0)  # never touch the global RNG (exact resume with dropout)
+        a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
         a @ b
         best = 0.0
         for _ in range(5):
@@ -94,39 +101,64 @@ def _compute_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype:
 
 
 def _truncate_metrics(path: Path, last_step: int) -> None:
-    """On resume, drop records logged after the checkpoint so the curve has no duplicates."""
+    """Drop records logged after the checkpoint we (re)start from (step 0 when there is none), so the curve
+    has no duplicates. A torn last line from a kill is dropped too. Rewritten atomically."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= last_step]
-    path.write_text("".join(line + "\n" for line in keep))
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= last_step:
+                keep.append(line)
+        except (json.JSONDecodeError, AttributeError):
+            continue
+    atomic_write_text(path, "".join(line + "\n" for line in keep))
+
+
+def run_identity(cfg: TrainConfig, world_size: int) -> dict:
+    """The settings that define a training run's trajectory; resuming under different ones is refused."""
+    keys = ("max_steps", "seq_len", "lr", "min_lr_ratio", "warmup_steps", "weight_decay", "beta1", "beta2",
+            "grad_clip", "seed")
+    return {**{k: getattr(cfg, k) for k in keys},
+            "global_batch": cfg.batch_size * cfg.grad_accum * world_size}
 
 
 def train(stage_dir: str | Path, make_model: Callable[[], GPT], cfg: TrainConfig, task: Task,
-          desc: str = "train", on_finish: Callable[[GPT, dict, DistInfo], None] | None = None) -> dict:
-    """Train to cfg.max_steps (resuming if a checkpoint exists). Returns a summary dict.
+          desc: str = "train", on_finish: Callable[[GPT, dict, DistInfo], None] | None = None,
+          identity: dict | None = None, fresh: bool = False) -> dict:
+    """Train to cfg.max_steps, resuming if a checkpoint exists. Returns a summary dict.
 
+    `identity` (model config, input fingerprints...) is stored with the checkpoint together with the
+    trajectory-defining train settings; a resume under different ones is refused with the difference.
+    `fresh` discards an existing checkpoint and metrics and starts over.
     `on_finish(raw_model, full_state_dict, info)` runs on every rank after the last step (rank 0 writes).
     """
     stage = Path(stage_dir)
     info = dist.setup(cfg.device)
     try:
-        return _train(stage, make_model, cfg, task, desc, info, on_finish)
+        return _train(stage, make_model, cfg, task, desc, info, on_finish, identity or {}, fresh)
     finally:
         dist.teardown()
 
 
-def _train(stage: Path, make_model, cfg: TrainConfig, task: Task, desc: str, info: DistInfo, on_finish) -> dict:
+def _train(stage: Path, make_model, cfg: TrainConfig, task: Task, desc: str, info: DistInfo, on_finish,
+           identity: dict, fresh: bool) -> dict:
     bad = [f"{k}={getattr(cfg, k)}" for k in ("max_steps", "batch_size", "grad_accum", "seq_len", "log_every",
                                              "eval_every", "save_every") if getattr(cfg, k) <= 0]
     if bad:
         raise ChatforgeError(f"these training settings must be positive: {', '.join(bad)}")
     if cfg.dist not in ("ddp", "fsdp"):
         raise ChatforgeError(f"--dist {cfg.dist!r}: expected 'ddp' or 'fsdp'")
+    if cfg.seed < 0:
+        raise ChatforgeError(f"--seed {cfg.seed}: must be >= 0")
     if info.is_main:
         stage.mkdir(parents=True, exist_ok=True)
+        if fresh:
+            for name in (ckpt.CKPT_NAME, "metrics.jsonl"):
+                (stage / name).unlink(missing_ok=True)
     dist.barrier()
     device = info.device
+    peak = peak_flops(device)
     dtype = _compute_dtype(cfg, device)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank and every run
     if device.type == "cuda":
@@ -134,6 +166,7 @@ def _train(stage: Path, make_model, cfg: TrainConfig, task: Task, desc: str, inf
         torch.backends.cudnn.allow_tf32 = True
 
     raw = make_model().to(device)
+    torch.manual_seed(cfg.seed + 1 + info.rank)  # dropout masks differ across ranks (a checkpoint restores them)
     raw.activation_checkpointing = cfg.activation_checkpointing
     flops_per_token = raw.flops_per_token(cfg.seq_len)
     fsdp = info.distributed and cfg.dist == "fsdp"
@@ -148,24 +181,31 @@ def _train(stage: Path, make_model, cfg: TrainConfig, task: Task, desc: str, inf
 
     metrics_path = stage / "metrics.jsonl"
     step, tokens_seen = 0, 0
+    identity = {**identity, "train": run_identity(cfg, info.world_size)}
     payload = ckpt.load_checkpoint(stage)
     if payload is not None:
-        ckpt.restore(model, optimizer, payload)
+        old = payload.get("identity", {})
+        if old != identity:
+            diff = {k: (old.get(k), v) for k, v in identity.items() if old.get(k) != v}
+            raise ChatforgeError(
+                f"{stage / ckpt.CKPT_NAME} was made with different settings {diff} (old, new). Re-run with the "
+                f"same settings to resume, or add --force to start this stage over")
+        ckpt.restore(model, optimizer, payload, info.rank)
         step, tokens_seen = payload["step"], payload["tokens"]
         if info.is_main:
-            _truncate_metrics(metrics_path, step)
             print(f"[{desc}] resuming from {stage / ckpt.CKPT_NAME} at step {step}", flush=True)
         del payload
+    if info.is_main:
+        _truncate_metrics(metrics_path, step)
     dist.barrier()
-
-    peak = peak_flops(device)
     log = open(metrics_path, "a") if info.is_main else None
     bar = tqdm(total=cfg.max_steps, initial=step, desc=desc, disable=not info.is_main, mininterval=1.0,
                dynamic_ncols=True)
     summary: dict = {}
 
     def save() -> None:
-        ckpt.save_checkpoint(stage, model, optimizer, {"step": step, "tokens": tokens_seen}, info.is_main)
+        ckpt.save_checkpoint(stage, model, optimizer, {"step": step, "tokens": tokens_seen, "identity": identity},
+                             info.is_main)
         dist.barrier()
 
     def evaluate() -> float | None:
@@ -174,10 +214,11 @@ def _train(stage: Path, make_model, cfg: TrainConfig, task: Task, desc: str, inf
         total = count = 0.0
         with torch.no_grad(), autocast:
             for b in batches:
-                b = {k: v.to(device) for k, v in b.items()}
-                n = task.tokens_in(b)
-                total += task.loss(model, b).item() * n
-                count += n
+                n = task.tokens_in(b)  # 0 for padding batches: every rank runs the same number of forwards
+                loss = task.loss(model, {k: v.to(device) for k, v in b.items()})
+                if n:
+                    total += loss.item() * n
+                    count += n
         model.train()
         total, count = dist.all_reduce_sum([total, count], device)
         return total / count if count else None
@@ -197,8 +238,9 @@ def _train(stage: Path, make_model, cfg: TrainConfig, task: Task, desc: str, inf
             loss_sum = torch.zeros((), device=device)
             step_tokens = 0
             for micro in range(cfg.grad_accum):
-                batch = {k: v.to(device, non_blocking=True) for k, v in
-                         task.train_batch(step, micro, info, cfg.batch_size, cfg.grad_accum).items()}
+                cpu_batch = task.train_batch(step, micro, info, cfg.batch_size, cfg.grad_accum)
+                step_tokens += task.tokens_in(cpu_batch)  # counted on the CPU copy: no GPU sync
+                batch = {k: v.to(device, non_blocking=True) for k, v in cpu_batch.items()}
                 last = micro == cfg.grad_accum - 1
                 if fsdp:
                     model.set_requires_gradient_sync(last)
@@ -207,8 +249,9 @@ def _train(stage: Path, make_model, cfg: TrainConfig, task: Task, desc: str, inf
                     loss = task.loss(model, batch)
                 (loss / cfg.grad_accum).backward()
                 loss_sum += loss.detach()
-                step_tokens += task.tokens_in(batch)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            # grad_clip <= 0 turns clipping off; the norm is still logged
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
+                                                       cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
             if hasattr(grad_norm, "full_tensor"):
                 grad_norm = grad_norm.full_tensor()
             optimizer.step()

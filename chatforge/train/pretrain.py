@@ -10,6 +10,7 @@ model.safetensors, tokenizer files, metrics.jsonl, train_config.json, checkpoint
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict
 from pathlib import Path
 
@@ -48,17 +49,22 @@ class PretrainTask:
         return model(batch["x"], batch["y"])[1]
 
     def tokens_in(self, batch) -> int:
-        return batch["x"].numel()
+        return int((batch["y"] != -100).sum())
 
     def val_batches(self, info, batch_size, n_batches):
         if self.val is None:
             return []
         total = min(n_batches * batch_size, self.val.n)  # the same windows whatever the world size
         mine = list(range(info.rank, total, info.world_size))
+        per_rank = math.ceil(math.ceil(total / info.world_size) / batch_size)
         out = []
-        for i in range(0, len(mine), batch_size):
-            rows = [self.val.batch(g, 1) for g in mine[i:i + batch_size]]
-            out.append({"x": torch.cat([r[0] for r in rows]), "y": torch.cat([r[1] for r in rows])})
+        for i in range(per_rank):
+            rows = [self.val.batch(g, 1) for g in mine[i * batch_size:(i + 1) * batch_size]]
+            if rows:
+                out.append({"x": torch.cat([r[0] for r in rows]), "y": torch.cat([r[1] for r in rows])})
+            else:  # padding: this rank has run out of windows but FSDP needs its forward
+                x, _ = self.val.batch(0, 1)
+                out.append({"x": x, "y": torch.full_like(x, -100)})
         return out
 
 
@@ -75,24 +81,37 @@ def model_config_for(preset_model: ModelConfig, tok: Tokenizer, seq_len: int, ov
     return cfg
 
 
-def run_pretrain(run: str | Path, model_cfg_base: ModelConfig, tcfg: TrainConfig,
-                 model_overrides: dict | None = None) -> dict:
-    run = require_run(run)
-    tok_dir, data_dir, out = stage_dir(run, "tokenizer"), stage_dir(run, "data"), stage_dir(run, "pretrain")
+def plan_pretrain(run: Path, model_cfg_base: ModelConfig, tcfg: TrainConfig,
+                  model_overrides: dict | None = None) -> tuple[ModelConfig, dict]:
+    """Validate the inputs and return (model config, identity): what the stage would train and the
+    settings + input fingerprints recorded in its checkpoint and stage.json."""
+    tok_dir, data_dir = stage_dir(run, "tokenizer"), stage_dir(run, "data")
     tok = Tokenizer.load(tok_dir)
     meta = read_meta(data_dir)
-    if meta["vocab_size"] != tok.vocab_size:
-        raise ChatforgeError(f"{data_dir} was tokenised with a vocab of {meta['vocab_size']} but "
-                             f"{tok_dir} has {tok.vocab_size}; re-run `chatforge data`")
+    if meta.get("tokenizer_sha256") != tok.fingerprint():
+        raise ChatforgeError(f"{data_dir} was tokenised with a different tokenizer than {tok_dir} "
+                             f"(re-trained since?); re-run `chatforge data --run {run}`")
     mcfg = model_config_for(model_cfg_base, tok, tcfg.seq_len, model_overrides or {})
-    _check_same_model(out, mcfg)
+    identity = {"model": mcfg.to_dict(), "tokenizer_sha256": tok.fingerprint(),
+                "data_tokens": meta["tokens"], "train": loop.run_identity(tcfg, 1)}
+    return mcfg, identity
+
+
+def run_pretrain(run: str | Path, model_cfg_base: ModelConfig, tcfg: TrainConfig,
+                 model_overrides: dict | None = None, fresh: bool = False) -> dict:
+    """Train (or resume) <run>/base. `fresh` discards an existing checkpoint and starts over."""
+    run = require_run(run)
+    tok_dir, data_dir, out = stage_dir(run, "tokenizer"), stage_dir(run, "data"), stage_dir(run, "pretrain")
+    mcfg, identity = plan_pretrain(run, model_cfg_base, tcfg, model_overrides)
+    identity.pop("train")  # the loop adds the train settings for the actual world size
     task = PretrainTask(data_dir, tcfg.seq_len, tcfg.seed)
 
     def finish(raw: GPT, state: dict, info) -> None:
         if info.is_main:
             save_model(raw, out, state)
             copy_tokenizer_files(tok_dir, out)
-            mark_complete(out, stage="pretrain", steps=tcfg.max_steps)
+            mark_complete(out, settings={**identity, "train": loop.run_identity(tcfg, info.world_size)},
+                          stage="pretrain", steps=tcfg.max_steps)
 
     if is_main_process():
         out.mkdir(parents=True, exist_ok=True)
@@ -100,17 +119,7 @@ def run_pretrain(run: str | Path, model_cfg_base: ModelConfig, tcfg: TrainConfig
         (out / "stage.json").unlink(missing_ok=True)
         atomic_write_text(out / "train_config.json", json.dumps(asdict(tcfg), indent=2))
         atomic_write_text(out / "config.json", json.dumps(mcfg.to_dict(), indent=2))
-    summary = loop.train(out, lambda: GPT(mcfg), tcfg, task, desc="pretrain", on_finish=finish)
+    summary = loop.train(out, lambda: GPT(mcfg), tcfg, task, desc="pretrain", on_finish=finish,
+                         identity=identity, fresh=fresh)
     summary["model_dir"] = str(out)
     return summary
-
-
-def _check_same_model(out: Path, mcfg: ModelConfig) -> None:
-    """A checkpoint can only be resumed into the same architecture."""
-    config = out / "config.json"
-    if (out / "checkpoint.pt").exists() and config.exists():
-        old = json.loads(config.read_text())
-        if old != mcfg.to_dict():
-            diff = {k: (old.get(k), v) for k, v in mcfg.to_dict().items() if old.get(k) != v}
-            raise ChatforgeError(f"{out}/checkpoint.pt was trained with a different model config {diff} "
-                                 f"(old, new); use the same settings or delete {out} to start over")

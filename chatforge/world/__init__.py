@@ -8,6 +8,6 @@ Chinese, so a tiny model can learn them and later stages can be scored on them. 
 world the foundation needs; the full world (SFT, rankings, eval suites, web noise) builds on it.
 """
 
-from chatforge.world.generate import SIZES, generate_world
+from chatforge.world.generate import SIZES, generate_world, world_settings
 
-__all__ = ["SIZES", "generate_world"]
+__all__ = ["SIZES", "generate_world", "world_settings"]

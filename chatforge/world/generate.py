@@ -127,6 +127,10 @@ def _cage_problem(rng: random.Random) -> tuple[str, str]:
     return en, zh
 
 
+def world_settings(seed: int, size: str) -> dict:
+    return {"seed": seed, "size": size}
+
+
 def generate_world(run_dir: str | Path, seed: int = 0, size: str = "tiny") -> Path:
     """Write the world into `run_dir/world` and return that folder. Same seed -> identical files."""
     if size not in SIZES:
@@ -164,5 +168,5 @@ def generate_world(run_dir: str | Path, seed: int = 0, size: str = "tiny") -> Pa
     facts = {"seed": seed, "size": size, "towns": [asdict(t) for t in towns],
              "people": [asdict(p) for p in people], "creatures": [asdict(c) for c in creatures]}
     (out / "facts.json").write_text(json.dumps(facts, ensure_ascii=False, indent=1), encoding="utf-8")
-    mark_complete(out, stage="world", seed=seed, size=size)
+    mark_complete(out, settings=world_settings(seed, size), stage="world")
     return out
