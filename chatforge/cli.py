@@ -120,7 +120,8 @@ def _cmd_sample(args) -> None:
         print(args.prompt + continue_text(model, tok, args.prompt, **kw))
         return
     if not sys.stdin.isatty():
-        print(f"model ready at {folder}; run `chatforge sample --run {args.run} --interactive` in a terminal")
+        print(f"model ready at {folder}; to talk to it, run in a terminal: "
+              f".venv/bin/chatforge sample --run {args.run} --stage {args.stage} --interactive")
         return
     print(f"model: {folder}. Type the start of a text; the model continues it. Ctrl-D to quit.")
     while True:
