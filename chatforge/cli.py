@@ -5,6 +5,7 @@
     chatforge tokenizer --run runs/demo --vocab-size 4096
     chatforge data      --run runs/demo
     chatforge pretrain  --run runs/demo --max-steps 600
+    chatforge eval      --run runs/demo --stage base
     chatforge sample    --run runs/demo --stage base "The town of"
     torchrun --nproc_per_node=2 -m chatforge.cli pretrain --run-dir runs/demo --dist fsdp
 """
@@ -95,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_flags(p)
     p.add_argument("--force", action="store_true", help="discard an existing checkpoint and start over")
 
+    p = sub.add_parser("eval", help="score a model stage on the world's held-out capability suite")
+    _add_run(p)
+    p.add_argument("--stage", default="base")
+    p.add_argument("--tasks", default=None, help="comma-separated subset, e.g. knowledge_qa,icl")
+    p.add_argument("--limit", type=int, default=None, help="at most N items per task")
+
     p = sub.add_parser("sample", help="print a continuation from a trained model")
     _add_run(p)
     p.add_argument("--stage", default="base")
@@ -176,6 +183,11 @@ def main(argv: list[str] | None = None) -> int:
             if is_main_process():
                 print(f"pretrain done: step {summary['step']}, loss {summary.get('train/loss', float('nan')):.4f}, "
                       f"val loss {summary.get('val/loss', float('nan')):.4f} -> {summary['model_dir']}")
+        elif args.command == "eval":
+            from chatforge.eval.suite import format_table, run_suite
+
+            tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+            print(format_table(run_suite(args.run, args.stage, tasks, args.limit)))
         elif args.command == "sample":
             _cmd_sample(args)
     except ChatforgeError as e:

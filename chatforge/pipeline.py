@@ -2,7 +2,7 @@
 
     chatforge pipeline --run runs/demo --preset tiny [--until pretrain] [--force] [--max-steps N]
 
-Stages: world -> tokenizer -> data -> pretrain (SFT, RM, PPO/DPO are added by later stages).
+Stages: world -> tokenizer -> data -> pretrain -> eval (SFT, RM, PPO/DPO are added by later stages).
 The tokenizer is trained before the token shards are written (the shards need its ids); the
 text-cleaning part of the data stage will run before the tokenizer once it exists.
 """
@@ -16,7 +16,7 @@ from chatforge import ChatforgeError
 from chatforge.config import Preset
 from chatforge.run import read_stage_info, stage_dir, write_run_info
 
-STAGES = ["world", "tokenizer", "data", "pretrain"]
+STAGES = ["world", "tokenizer", "data", "pretrain", "eval"]
 
 
 def _brief(stage: str, result) -> str:
@@ -26,6 +26,8 @@ def _brief(stage: str, result) -> str:
         return f" (vocab {result['vocab_size']}, chars/token: " + ", ".join(f"{k} {v}" for k, v in cpt.items()) + ")"
     if stage == "data":
         return f" (tokens: train {result['train']:,}, val {result['val']:,})"
+    if stage == "eval":
+        return ""  # the tables are printed by the stage
     if stage == "pretrain":
         return f" (loss {result.get('train/loss', float('nan')):.3f}, val loss {result.get('val/loss', float('nan')):.3f})"
     return ""
@@ -38,6 +40,7 @@ def run_pipeline(run: str | Path, preset_name: str, preset: Preset, until: str |
     now; if they differ, stop with the difference (nothing is overwritten) unless `force`. Once a stage
     runs, every later stage is rebuilt from scratch, since its inputs changed."""
     from chatforge.data.shards import data_settings, run_data_stage
+    from chatforge.eval.suite import run_eval_stage
     from chatforge.tokenizer import Tokenizer, run_tokenizer_stage, tokenizer_settings
     from chatforge.train.pretrain import plan_pretrain, run_pretrain
     from chatforge.world import generate_world, world_settings
@@ -52,6 +55,7 @@ def run_pipeline(run: str | Path, preset_name: str, preset: Preset, until: str |
         "tokenizer": lambda: tokenizer_settings(preset.vocab_size, data),
         "data": lambda: data_settings(data, val_every, Tokenizer.load(stage_dir(run, "tokenizer"))),
         "pretrain": lambda: plan_pretrain(run, preset.model, preset.train, model_overrides)[1],
+        "eval": lambda: {"stages": ["base"]},
     }
     redo = force
     actions = {
@@ -59,13 +63,15 @@ def run_pipeline(run: str | Path, preset_name: str, preset: Preset, until: str |
         "tokenizer": lambda: run_tokenizer_stage(run, preset.vocab_size, data),
         "data": lambda: run_data_stage(run, data, val_every)["tokens"],
         "pretrain": lambda: run_pretrain(run, preset.model, preset.train, model_overrides, fresh=redo),
+        "eval": lambda: run_eval_stage(run, ["base"]),
     }
     results: dict = {}
     for i, name in enumerate(STAGES, 1):
         folder, tag = stage_dir(run, name), f"[{i}/{len(STAGES)}] {name}"
         recorded = read_stage_info(folder)
-        if name == "world" and data:
-            print(f"{tag}: not needed (--data given)", flush=True)
+        if name == "world" and data or name == "eval" and data:
+            print(f"{tag}: not needed (--data given)" if name == "world" else
+                  f"{tag}: skipped (the suite scores the built-in world; --data given)", flush=True)
         elif recorded.get("complete") and not redo:
             wanted, old = settings[name](), recorded.get("settings")
             if old != wanted:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from chatforge import ChatforgeError
 
-STAGE_DIRS = {"world": "world", "tokenizer": "tokenizer", "data": "data", "pretrain": "base"}
+STAGE_DIRS = {"world": "world", "tokenizer": "tokenizer", "data": "data", "pretrain": "base", "eval": "eval"}
 MODEL_STAGES = {"base": "base"}  # --stage names accepted by sample/chat -> folder
 
 

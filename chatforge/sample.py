@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from chatforge.model import GPT, KVCache
@@ -14,8 +16,10 @@ from chatforge.tokenizer import Tokenizer
 
 @torch.no_grad()
 def sample_ids(model: GPT, prompt_ids: list[int], max_new_tokens: int, temperature: float = 0.8,
-               top_k: int = 50, seed: int = 0, stop_ids: tuple[int, ...] = ()) -> list[int]:
-    """Prefill the prompt into a KV cache, then sample token by token (greedy when temperature == 0)."""
+               top_k: int = 50, seed: int = 0, stop_ids: tuple[int, ...] = (),
+               stop_fn: Callable[[list[int]], bool] | None = None) -> list[int]:
+    """Prefill the prompt into a KV cache, then sample token by token (greedy when temperature == 0).
+    Stops at a token in `stop_ids` (not returned) or when `stop_fn(generated_ids)` is true."""
     model.eval()
     device = next(model.parameters()).device
     limit = model.cfg.max_seq_len
@@ -38,7 +42,7 @@ def sample_ids(model: GPT, prompt_ids: list[int], max_new_tokens: int, temperatu
         if nxt in stop_ids:
             break
         out.append(nxt)
-        if len(out) == max_new_tokens:
+        if len(out) == max_new_tokens or (stop_fn is not None and stop_fn(out)):
             break
         logits, _ = model(torch.tensor([[nxt]], device=device), cache=cache)
     return out

@@ -1,11 +1,11 @@
-"""The built-in bilingual world: a small, consistent, fictional corpus every stage can train on offline.
+"""The built-in bilingual world: a small, consistent, fictional world every stage can train on offline.
 
     chatforge world --run runs/demo --seed 0 --size tiny
 
-Writes `world/raw/*.jsonl` ({"text", "source", "lang"} per line) and `world/facts.json`. Facts are
-invented (towns, people, creatures) and stated through several paraphrase templates in English and
-Chinese, so a tiny model can learn them and later stages can be scored on them. This is the minimal
-world the foundation needs; the full world (SFT, rankings, eval suites, web noise) builds on it.
+Fictional towns, people, creatures, companies and products (entities.py) whose facts are stated through
+paraphrase templates in English and Chinese (templates.py); pre-training documents with labelled web
+noise (corpus.py); demonstrations, rankings and RL prompts (chat_data.py); held-out, decontaminated eval
+items (evalsets.py, decontam.py). generate.py writes it all; see its docstring for the files.
 """
 
 from chatforge.world.generate import SIZES, generate_world, world_settings

@@ -1,0 +1,164 @@
+"""The capability suite: score a model folder on the world's held-out tasks.
+
+    chatforge eval --run runs/demo --stage base [--tasks knowledge_qa,icl] [--limit 30]
+
+Chat models (every stage but `base`) get each item's conversation through the chat template and answer
+until <|end|>. Base models get a few-shot prompt: up to 3 other items of the same task written as
+"Question: ... / Answer: <reference answer>" (the form of the world's worked problems), then the item, and
+the model continues after "Answer:" until a blank line or the next "Question:". Decoding is greedy.
+`bpb` is bits per byte of held-out text, from log-likelihood.
+Writes `<run>/eval/<stage>.json` and prints a table.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from chatforge import ChatforgeError
+from chatforge.eval.scorers import SCORERS, bits_per_byte
+from chatforge.model import GPT, load_model
+from chatforge.run import atomic_write_text, model_dir, require_run, stage_dir
+from chatforge.sample import sample_ids
+from chatforge.tokenizer import Tokenizer
+
+SHOTS = 3
+MAX_NEW_TOKENS = {"arithmetic_cot": 120, "format": 60, "extraction": 60, "translation": 60}
+DEFAULT_NEW_TOKENS = 40
+# what each task's score means (all are "higher is better" except bpb)
+METRIC = {"knowledge_qa": "accuracy", "multiturn_qa": "accuracy", "arithmetic_direct": "accuracy",
+          "arithmetic_cot": "accuracy", "icl": "accuracy", "sentiment": "accuracy", "extraction": "F1",
+          "translation": "chrF", "format": "compliance", "refusal": "correct refusal decisions",
+          "honesty": "correct unknown/known", "bpb": "bits/byte (lower is better)"}
+
+
+def load_tasks(run: Path, tasks: list[str] | None, limit: int | None) -> dict[str, list[dict]]:
+    folder = stage_dir(run, "world") / "eval"
+    if not folder.is_dir():
+        raise ChatforgeError(f"{folder}: no eval items; run `chatforge world --run {run}` first")
+    available = sorted(f.stem for f in folder.glob("*.jsonl"))
+    wanted = tasks or available
+    unknown = [t for t in wanted if t not in available]
+    if unknown:
+        raise ChatforgeError(f"unknown eval task(s) {unknown}; available: {available}")
+    out = {}
+    for t in wanted:
+        text = (folder / f"{t}.jsonl").read_text(encoding="utf-8")
+        items = [json.loads(line) for line in text.split("\n") if line]  # not splitlines(): U+2028 etc.
+        out[t] = items[:limit] if limit else items
+    return out
+
+
+def render_plain(messages: list[dict]) -> str:
+    """A conversation as plain text in the "Question:/Answer:" form the world's documents use."""
+    names = {"system": "Instruction", "user": "Question", "assistant": "Answer"}
+    return "\n".join(f"{names[m['role']]}: {m['content']}" for m in messages)
+
+
+def few_shot_prompt(tok: Tokenizer, item: dict, pool: list[dict], budget: int) -> list[int]:
+    """Ids of a few-shot prompt that fits `budget` tokens (fewer shots when long)."""
+    shots = [x for x in pool if x["id"] != item["id"]][:SHOTS]
+    query = render_plain(item["messages"]) + "\nAnswer:"
+    while True:
+        text = "".join(render_plain(s["messages"]) + f"\nAnswer: {s['reference_answer']}\n\n" for s in shots)
+        ids = [tok.bos_id, *tok.encode(text + query)]
+        if len(ids) <= budget or not shots:
+            return ids[-budget:]
+        shots = shots[:-1]
+
+
+def _base_stop(tok: Tokenizer):
+    def stop(ids: list[int]) -> bool:
+        text = tok.decode(ids[-8:])
+        return "\n\n" in text or "\nQuestion:" in text
+    return stop
+
+
+def _cut_base_answer(text: str) -> str:
+    for marker in ("\n\n", "\nQuestion:"):
+        text = text.split(marker)[0]
+    return text.strip()
+
+
+@torch.no_grad()
+def answer_item(model: GPT, tok: Tokenizer, item: dict, pool: list[dict], chat: bool) -> str:
+    new = MAX_NEW_TOKENS.get(item["task"], DEFAULT_NEW_TOKENS)
+    budget = model.cfg.max_seq_len - new
+    if chat:
+        ids = tok.encode_chat(item["messages"], add_generation_prompt=True)[-budget:]
+        out = sample_ids(model, ids, new, temperature=0.0, stop_ids=(tok.end_id, tok.eos_id))
+        return tok.decode(out).strip()
+    ids = few_shot_prompt(tok, item, pool, budget)
+    out = sample_ids(model, ids, new, temperature=0.0, stop_ids=(tok.eos_id,), stop_fn=_base_stop(tok))
+    return _cut_base_answer(tok.decode(out))
+
+
+@torch.no_grad()
+def text_nll(model: GPT, tok: Tokenizer, text: str) -> float:
+    """Total negative log-likelihood (nats) of the text's tokens after <|bos|>, in windows of the context."""
+    ids = [tok.bos_id, *tok.encode(text)]
+    total, ctx = 0.0, model.cfg.max_seq_len
+    for start in range(0, len(ids) - 1, ctx):
+        chunk = torch.tensor([ids[start:start + ctx + 1]])
+        logits, _ = model(chunk[:, :-1])
+        total += F.cross_entropy(logits[0].float(), chunk[0, 1:], reduction="sum").item()
+    return total
+
+
+def run_eval_stage(run: str | Path, stages: list[str]) -> dict:
+    """Pipeline stage: score each model stage and mark <run>/eval complete."""
+    from chatforge.run import mark_complete
+
+    results = {s: run_suite(run, s) for s in stages}
+    for r in results.values():
+        print(format_table(r), flush=True)
+    mark_complete(stage_dir(run, "eval"), settings={"stages": stages}, stage="eval")
+    return results
+
+
+def run_suite(run: str | Path, stage: str, tasks: list[str] | None = None, limit: int | None = None,
+              progress: bool = True) -> dict:
+    run = require_run(run)
+    folder = model_dir(run, stage)
+    model, tok = load_model(folder).eval(), Tokenizer.load(folder)
+    chat = stage != "base"
+    results: dict = {"stage": stage, "mode": "chat" if chat else f"{SHOTS}-shot", "tasks": {}}
+    t0 = time.perf_counter()
+    for task, items in load_tasks(run, tasks, limit).items():
+        if not items:
+            continue
+        if task == "bpb":
+            nll = sum(text_nll(model, tok, it["text"]) for it in items)
+            n_bytes = sum(len(it["text"].encode("utf-8")) for it in items)
+            results["tasks"][task] = {"score": bits_per_byte(nll, n_bytes), "n": len(items), "metric": METRIC[task]}
+            continue
+        scores, samples = [], []
+        for it in tqdm(items, desc=f"eval {task}", disable=not progress, leave=False):
+            pred = answer_item(model, tok, it, items, chat)
+            score = SCORERS[it["scorer"]](pred, it)
+            scores.append(score)
+            if len(samples) < 3:
+                samples.append({"id": it["id"], "prediction": pred, "score": score})
+        results["tasks"][task] = {"score": sum(scores) / len(scores), "n": len(scores),
+                                  "metric": METRIC.get(task, "score"), "samples": samples}
+    results["seconds"] = round(time.perf_counter() - t0, 1)
+    out = stage_dir(run, "eval")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / f"{stage}.json", json.dumps(results, indent=2, ensure_ascii=False))
+    return results
+
+
+def format_table(results: dict) -> str:
+    lines = [f"capability suite — stage {results['stage']} ({results['mode']})",
+             f"{'task':<20}{'score':>10}  {'n':>4}  metric"]
+    for task, r in results["tasks"].items():
+        score = r["score"]
+        shown = f"{score:.3f}" if task == "bpb" else f"{100 * score:.1f}"  # others are 0..1, shown in %
+        lines.append(f"{task:<20}{shown:>10}  {r['n']:>4}  {r['metric']}")
+    return "\n".join(lines)
+

@@ -1,0 +1,197 @@
+"""The built-in world: determinism, no eval leakage into training data, consistent facts, data formats."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from chatforge.world import generate_world
+from chatforge.world.decontam import N, build_index, item_texts, ngrams, units
+from chatforge.world.templates import RELATIONS, statement_templates
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {str(f.relative_to(folder)): hashlib.sha256(f.read_bytes()).hexdigest()
+            for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    return generate_world(tmp_path_factory.mktemp("w") / "run", seed=0, size="tiny")
+
+
+def _jsonl(path: Path) -> list[dict]:
+    # split on "\n" only: str.splitlines also splits on U+0085 and U+2028, which mojibake text contains
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line]
+
+
+def _training_texts(world: Path) -> list[str]:
+    texts = [d["text"] for f in sorted((world / "raw").glob("*.jsonl")) for d in _jsonl(f)]
+    texts += [m["content"] for ex in _jsonl(world / "sft.jsonl") for m in ex["messages"]]
+    for r in _jsonl(world / "rankings.jsonl"):
+        texts += [m["content"] for m in r["prompt"]] + r["responses"]
+    texts += [m["content"] for p in _jsonl(world / "prompts.jsonl") for m in p["prompt"]]
+    return texts
+
+
+def test_same_seed_is_byte_identical_and_other_seed_differs(world, tmp_path):
+    again = generate_world(tmp_path / "again", seed=0, size="tiny")
+    assert _digest(again) == _digest(world)
+    other = generate_world(tmp_path / "other", seed=1, size="tiny")
+    assert _digest(other)["raw/encyclopedia.jsonl"] != _digest(world)["raw/encyclopedia.jsonl"]
+    assert json.loads((other / "facts.json").read_text())["towns"] != json.loads((world / "facts.json").read_text())["towns"]
+
+
+def test_no_eval_item_shares_a_13_gram_with_training_data(world):
+    index = build_index(_training_texts(world))
+    leaks = []
+    items = [it for f in sorted((world / "eval").glob("*.jsonl")) for it in _jsonl(f)]
+    assert len(items) > 500
+    for it in items:
+        for text in item_texts(it):
+            if ngrams(text) & index:
+                leaks.append((it["id"], text[:80]))
+    assert leaks == []
+    stats = json.loads((world / "stats.json").read_text())
+    assert sum(stats["eval_dropped_by_decontamination"].values()) == 0  # held out by design, not by filtering
+
+
+def test_the_leak_check_can_fail():
+    """The n-gram check itself catches a copied phrase (so the test above is not vacuous)."""
+    sentence = "the quick brown fox jumps over the lazy dog near the old mill by the river"
+    index = build_index([f"Some preface. {sentence} And more."])
+    assert ngrams(sentence.upper()) & index
+    assert not ngrams("a completely different sentence that shares nothing at all with the other one ok") & index
+    assert len(units("卡洛有3200人。Kalo has people")) == 3 + 1 + 1 + 3 and N == 13
+
+
+def _facts(world: Path) -> dict:
+    return json.loads((world / "facts.json").read_text(encoding="utf-8"))
+
+
+NUMERIC = {"population", "founded", "age", "legs", "employees", "price"}
+
+
+def _value_re(field: str, group: str, lang: str, facts: dict) -> str:
+    """Numbers, or exactly the values that field takes in this world (so templates can't match loosely)."""
+    if field in NUMERIC:
+        return r"\d+"
+    i = 0 if lang == "en" else 1
+    if field in ("town", "maker"):
+        pool = facts["towns" if field == "town" else "companies"]
+        values = {e["en" if lang == "en" else "zh"] for e in pool}
+    else:
+        values = {e["facts"][field][i] for e in facts[group] if field in e["facts"]}
+    return "|".join(map(re.escape, sorted(values, key=len, reverse=True)))
+
+
+def _statement_regexes(facts: dict) -> list[tuple[str, str, re.Pattern]]:
+    """(relation, lang, regex) for every training statement template, with the entity's name captured."""
+    out = []
+    for rel, spec in RELATIONS.items():
+        group = spec["kind"]
+        for lang in ("en", "zh"):
+            for t in statement_templates(rel, lang):
+                pattern = re.escape(t).replace(re.escape("{name}"), "(?P<name>{name})", 1)
+                pattern = pattern.replace(re.escape("{name}"), "(?P=name)")
+                for field in re.findall(r"\{(\w+)\}", t):
+                    if field != "name":
+                        pattern = pattern.replace(re.escape("{" + field + "}"),
+                                                  f"(?P<{field}>{_value_re(field, group, lang, facts)})")
+                names = sorted({e["en" if lang == "en" else "zh"] for e in facts[group]}, key=len, reverse=True)
+                pattern = pattern.replace("(?P<name>{name})", f"(?P<name>{'|'.join(map(re.escape, names))})")
+                out.append((rel, lang, re.compile(pattern)))
+    return out
+
+
+def test_facts_are_consistent_across_documents(world):
+    facts = _facts(world)
+    by_name = {}
+    for group in ("towns", "people", "creatures", "companies", "products"):
+        for e in facts[group]:
+            by_name[(group, "en", e["en"])] = e
+            by_name[(group, "zh", e["zh"])] = e
+    checked = 0
+    answer_field = {"home": "town", "habitat": "town", "hq": "town"}
+    for rel, lang, rx in _statement_regexes(facts):
+        group, field = RELATIONS[rel]["kind"], RELATIONS[rel]["answer"]
+        for d in _jsonl(world / "raw" / "encyclopedia.jsonl"):
+            if d["noise"]:
+                continue
+            for m in rx.finditer(d["text"]):
+                e = by_name.get((group, lang, m.group("name")))
+                if e is None or field not in m.groupdict():
+                    continue
+                value = e["facts"][answer_field.get(rel, field)]
+                if rel in ("home", "habitat", "hq"):
+                    value = facts["towns"][value]["en" if lang == "en" else "zh"]
+                elif rel == "maker":
+                    value = facts["companies"][value]["en" if lang == "en" else "zh"]
+                elif isinstance(value, list):
+                    value = value[0 if lang == "en" else 1]
+                assert m.group(field) == str(value), (rel, lang, m.group(0), value)
+                checked += 1
+    assert checked > 1000
+
+
+def test_heldout_entities_never_appear_in_training_text(world):
+    facts = _facts(world)
+    held = [e for g in ("towns", "people", "creatures", "companies", "products") for e in facts[g] if e["heldout"]]
+    ghosts = facts["ghosts"]
+    assert held and ghosts
+    text = "\n".join(_training_texts(world))
+    for e in held:
+        assert re.search(rf"\b{re.escape(e['en'])}\b", text) is None, e["en"]
+    half = len(ghosts) // 2  # the second half of the ghosts is reserved for eval
+    for g in ghosts[half:]:
+        assert re.search(rf"\b{re.escape(g['en'])}\b", text) is None, g["en"]
+
+
+def test_formats_and_coverage(world):
+    sft = _jsonl(world / "sft.jsonl")
+    assert {e["task"] for e in sft} == {"qa", "multiturn", "email", "sentiment", "extraction", "translation",
+                                         "summary", "arithmetic", "unknown", "refusal"}
+    for ex in sft:
+        roles = [m["role"] for m in ex["messages"]]
+        assert roles[-1] == "assistant" and set(roles) <= {"system", "user", "assistant"}
+    ranked = _jsonl(world / "rankings.jsonl")
+    for r in ranked:
+        k = len(r["responses"])
+        assert 4 <= k <= 9 and sorted(r["ranking"]) == list(range(k)) and len(r["grades"]) == k
+    stats = json.loads((world / "stats.json").read_text())
+    assert 0.65 <= stats["labeler_agreement"] <= 0.82  # real labelers agree ~73%
+    sources = {d["source"] for f in (world / "raw").glob("*.jsonl") for d in _jsonl(f)}
+    assert {"encyclopedia", "news", "story", "dialogue", "glossary", "parallel", "code", "arithmetic"} <= sources
+    assert set(stats["noise"]) == {"ad", "boilerplate", "spam", "near_duplicate", "mojibake"}
+    assert all(n > 0 for n in stats["noise"].values())
+    noisy = [d for f in (world / "raw").glob("*.jsonl") for d in _jsonl(f) if d["noise"]]
+    for d in noisy:
+        if d["noise"]["type"] in ("ad", "boilerplate"):
+            assert all(line in d["text"] for line in d["noise"]["added_lines"])
+    prompts = _jsonl(world / "prompts.jsonl")
+    sft_users = {m["content"] for ex in sft for m in ex["messages"] if m["role"] == "user"}
+    assert prompts and not {p["prompt"][0]["content"] for p in prompts} & sft_users
+    assert all("answer" in p for p in prompts)
+    tasks = {f.stem for f in (world / "eval").glob("*.jsonl")}
+    assert tasks == {"knowledge_qa", "multiturn_qa", "arithmetic_direct", "arithmetic_cot", "icl", "sentiment",
+                     "extraction", "translation", "format", "refusal", "honesty", "bpb"}
+
+
+def test_code_documents_are_valid_python(world):
+    import ast
+
+    for d in _jsonl(world / "raw" / "code.jsonl"):
+        if d["noise"] is None:
+            ast.parse(d["text"])
+
+
+def test_sizes_scale(tmp_path):
+    from chatforge.world import SIZES
+
+    assert SIZES["small"]["docs"] > SIZES["tiny"]["docs"] and SIZES["small"]["towns"] > SIZES["tiny"]["towns"]
+    with pytest.raises(Exception, match="unknown world size"):
+        generate_world(tmp_path, size="huge")
