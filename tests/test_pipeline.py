@@ -14,29 +14,29 @@ def test_pipeline_until_then_resume_and_skip(tmp_path, capsys):
     run = tmp_path / "demo"
     assert main(["pipeline", "--run", str(run), "--preset", "tiny", "--until", "data", *FAST]) == 0
     out = capsys.readouterr().out
-    assert "[3/4] data: done" in out and "pretrain" not in out
+    assert "[3/5] data: done" in out and "pretrain" not in out
     assert (run / "data" / "meta.json").exists() and not (run / "base").exists()
     assert json.loads((run / "run.json").read_text())["preset"] == "tiny"
     stats = json.loads((run / "tokenizer" / "stats.json").read_text())
     assert stats["chars_per_token"]["zh"] > 1 and stats["chars_per_token"]["en"] > 2
 
-    assert main(["pipeline", "--run", str(run), *FAST]) == 0
+    assert main(["pipeline", "--run", str(run), "--until", "pretrain", *FAST]) == 0
     out = capsys.readouterr().out
     for stage in ("world", "tokenizer", "data"):
         assert f"{stage}: complete, skipping" in out
-    assert "[4/4] pretrain: done" in out and "model ready" in out
+    assert "[4/5] pretrain: done" in out and "model ready" in out
     assert (run / "base" / "model.safetensors").exists()
 
-    assert main(["pipeline", "--run", str(run), *FAST]) == 0
+    assert main(["pipeline", "--run", str(run), "--until", "pretrain", *FAST]) == 0
     assert "pretrain: complete, skipping" in capsys.readouterr().out
 
     # asking for other settings than a complete stage was made with stops and names the difference
-    assert main(["pipeline", "--run", str(run), *FAST, "--max-steps", "4"]) == 2
+    assert main(["pipeline", "--run", str(run), "--until", "pretrain", *FAST, "--max-steps", "4"]) == 2
     err = capsys.readouterr().err
     assert "base is complete but was made with other settings" in err and "max_steps" in err
-    assert main(["pipeline", "--run", str(run), *FAST, "--max-steps", "4", "--force"]) == 0
+    assert main(["pipeline", "--run", str(run), "--until", "pretrain", *FAST, "--max-steps", "4", "--force"]) == 0
     out = capsys.readouterr().out
-    assert "resuming" not in out and "[1/4] world: running" in out and "[4/4] pretrain: done" in out
+    assert "resuming" not in out and "[1/5] world: running" in out and "[4/5] pretrain: done" in out
     steps = [json.loads(line)["step"] for line in (run / "base" / "metrics.jsonl").read_text().splitlines()
              if "train/loss" in line]
     assert steps == [1, 2, 3, 4]

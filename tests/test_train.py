@@ -28,12 +28,12 @@ def test_lr_schedule_warmup_then_cosine():
 
 def test_loss_decreases_and_stage_outputs(prepared_run, capsys):
     assert main(["pretrain", "--run", str(prepared_run), *TINY_SETS, *TINY_TRAIN, "--max-steps", "60",
-                 "--eval-every", "20"]) == 0
+                 "--eval-every", "20"]) == 0  # 60 steps of 4 x 32 tokens
     base = prepared_run / "base"
     train, val = read_metrics(base)
     assert sorted(train) == list(range(1, 61))
     first, last = sum(train[s] for s in range(1, 6)) / 5, sum(train[s] for s in range(56, 61)) / 5
-    assert last < first - 1.5, (first, last)  # clearly learning, not noise
+    assert last < first - 1.0, (first, last)  # clearly learning, not noise (init loss is ~ln 1024 = 6.9)
     assert val[60] < val[20] < math.log(1024)
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "stage.json",
                  "checkpoint.pt", "train_config.json"):

@@ -177,7 +177,7 @@ def test_formats_and_coverage(world):
     assert prompts and not {p["prompt"][0]["content"] for p in prompts} & sft_users
     assert all("answer" in p for p in prompts)
     tasks = {f.stem for f in (world / "eval").glob("*.jsonl")}
-    assert tasks == {"knowledge_qa", "multiturn_qa", "arithmetic_direct", "arithmetic_cot", "icl", "sentiment",
+    assert tasks == {"knowledge_qa", "knowledge_mc", "multiturn_qa", "arithmetic_direct", "arithmetic_cot", "icl", "sentiment",
                      "extraction", "translation", "format", "refusal", "honesty", "bpb"}
 
 

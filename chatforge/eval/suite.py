@@ -6,7 +6,8 @@ Chat models (every stage but `base`) get each item's conversation through the ch
 until <|end|>. Base models get a few-shot prompt: up to 3 other items of the same task written as
 "Question: ... / Answer: <reference answer>" (the form of the world's worked problems), then the item, and
 the model continues after "Answer:" until a blank line or the next "Question:". Decoding is greedy.
-`bpb` is bits per byte of held-out text, from log-likelihood.
+`bpb` is bits per byte of held-out text and `knowledge_mc` picks the likeliest of 4 statements (chance
+25%), both from log-likelihood, so they measure a base model without relying on its prompt-following.
 Writes `<run>/eval/<stage>.json` and prints a table.
 """
 
@@ -31,7 +32,7 @@ SHOTS = 3
 MAX_NEW_TOKENS = {"arithmetic_cot": 120, "format": 60, "extraction": 60, "translation": 60}
 DEFAULT_NEW_TOKENS = 40
 # what each task's score means (all are "higher is better" except bpb)
-METRIC = {"knowledge_qa": "accuracy", "multiturn_qa": "accuracy", "arithmetic_direct": "accuracy",
+METRIC = {"knowledge_qa": "accuracy", "knowledge_mc": "accuracy (4 choices, log-likelihood)", "multiturn_qa": "accuracy", "arithmetic_direct": "accuracy",
           "arithmetic_cot": "accuracy", "icl": "accuracy", "sentiment": "accuracy", "extraction": "F1",
           "translation": "chrF", "format": "compliance", "refusal": "correct refusal decisions",
           "honesty": "correct unknown/known", "bpb": "bits/byte (lower is better)"}
@@ -136,6 +137,11 @@ def run_suite(run: str | Path, stage: str, tasks: list[str] | None = None, limit
             nll = sum(text_nll(model, tok, it["text"]) for it in items)
             n_bytes = sum(len(it["text"].encode("utf-8")) for it in items)
             results["tasks"][task] = {"score": bits_per_byte(nll, n_bytes), "n": len(items), "metric": METRIC[task]}
+            continue
+        if task == "knowledge_mc":  # the likeliest statement wins; the same for base and chat models
+            right = [min(range(len(it["choices"])), key=lambda i, it=it: text_nll(model, tok, it["choices"][i]))
+                     == it["label"] for it in items]
+            results["tasks"][task] = {"score": sum(right) / len(right), "n": len(items), "metric": METRIC[task]}
             continue
         scores, samples = [], []
         for it in tqdm(items, desc=f"eval {task}", disable=not progress, leave=False):

@@ -35,7 +35,7 @@ def item_texts(item: dict) -> list[str]:
     for key in ("reference_answer", "reference", "text"):
         if isinstance(item.get(key), str):
             out.append(item[key])
-    return out
+    return out + list(item.get("choices", []))
 
 
 def overlapping(item: dict, index: set[int], n: int = N) -> bool:

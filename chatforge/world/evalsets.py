@@ -24,7 +24,7 @@ from chatforge.world.chat_data import (
 )
 from chatforge.world.corpus import cage_problem, entity_sentences, join
 from chatforge.world.entities import GROUP, World
-from chatforge.world.templates import answer, fields, relations_of, statement_templates
+from chatforge.world.templates import RELATIONS, answer, fields, relations_of, statement_templates
 
 LANGS = ("en", "zh")
 # eval-only reference replies (the training refusals must not leak into eval items)
@@ -45,6 +45,28 @@ def knowledge_qa(w: World, rng: random.Random, n: int) -> list[dict]:
         a = answer(r, e, w, lang)
         out.append({"task": "knowledge_qa", "lang": lang, "messages": _user(q), "reference_answer": a,
                     "answers": [a], "scorer": "contains_match"})
+    return out
+
+
+def knowledge_mc(w: World, rng: random.Random, n: int) -> list[dict]:
+    """Log-likelihood multiple choice: the true statement vs 3 with another entity's value, all in a
+    held-out template. Scored by which choice the model finds most likely (no generation needed)."""
+    out = []
+    while len(out) < n:
+        e = rng.choice(w.all())
+        r = rng.choice(relations_of(GROUP[e.kind]))
+        lang = rng.choice(LANGS)
+        f = fields(e, w, lang)
+        key = RELATIONS[r]["answer"]
+        values = sorted({answer(r, o, w, lang) for o in w.known(GROUP[e.kind])} - {f[key]})
+        if len(values) < 3:
+            continue
+        template = statement_templates(r, lang, heldout=True)[0]
+        options = [f[key], *rng.sample(values, 3)]
+        rng.shuffle(options)
+        choices = [template.format(**{**f, key: v}) for v in options]
+        out.append({"task": "knowledge_mc", "lang": lang, "choices": choices, "label": options.index(f[key]),
+                    "scorer": "choice"})
     return out
 
 
@@ -229,6 +251,7 @@ def heldout_text(w: World, rng: random.Random, n: int) -> list[dict]:
 def eval_items(w: World, rng: random.Random, n_per_task: int) -> dict[str, list[dict]]:
     sets = {
         "knowledge_qa": knowledge_qa(w, rng, n_per_task),
+        "knowledge_mc": knowledge_mc(w, rng, n_per_task),
         "multiturn_qa": multiturn_qa(w, rng, n_per_task),
         "arithmetic_direct": arithmetic(w, rng, n_per_task, cot=False),
         "arithmetic_cot": arithmetic(w, rng, n_per_task, cot=True),
