@@ -117,12 +117,15 @@ def test_facts_are_consistent_across_documents(world):
             by_name[(group, "zh", e["zh"])] = e
     checked = 0
     answer_field = {"home": "town", "habitat": "town", "hq": "town"}
+    # every statement in the documents (noisy ones too), the demonstrations, and the answers the ranking
+    # rubric grades correct (grade >= 3; lower grades are wrong on purpose)
+    texts = [d["text"] for f in sorted((world / "raw").glob("*.jsonl")) for d in _jsonl(f)]
+    texts += [m["content"] for ex in _jsonl(world / "sft.jsonl") for m in ex["messages"]]
+    texts += [x for r in _jsonl(world / "rankings.jsonl") for x, g in zip(r["responses"], r["grades"]) if g >= 3]
     for rel, lang, rx in _statement_regexes(facts):
         group, field = RELATIONS[rel]["kind"], RELATIONS[rel]["answer"]
-        for d in _jsonl(world / "raw" / "encyclopedia.jsonl"):
-            if d["noise"]:
-                continue
-            for m in rx.finditer(d["text"]):
+        for text in texts:
+            for m in rx.finditer(text):
                 e = by_name.get((group, lang, m.group("name")))
                 if e is None or field not in m.groupdict():
                     continue
@@ -135,7 +138,7 @@ def test_facts_are_consistent_across_documents(world):
                     value = value[0 if lang == "en" else 1]
                 assert m.group(field) == str(value), (rel, lang, m.group(0), value)
                 checked += 1
-    assert checked > 1000
+    assert checked > 10000
 
 
 def test_heldout_entities_never_appear_in_training_text(world):
