@@ -78,7 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("world", help="generate the built-in bilingual world")
     _add_run(p)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", default="tiny")
+    p.add_argument("--size", default="tiny", help="tiny | small | medium")
+    p.add_argument("--labeler-noise", type=float, default=1.3,
+                   help="sigma of each simulated labeler's grade noise (1.3 gives ~73%% pairwise agreement)")
+    p.add_argument("--labelers", type=int, default=5, help="number of simulated labelers")
 
     p = sub.add_parser("tokenizer", help="train the byte-level BPE tokenizer")
     _add_run(p)
@@ -157,7 +160,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "world":
             from chatforge.world import generate_world
 
-            print(f"world written to {generate_world(args.run, seed=args.seed, size=args.size)}")
+            folder = generate_world(args.run, seed=args.seed, size=args.size, labeler_noise=args.labeler_noise,
+                                    labelers=args.labelers)
+            print(f"world written to {folder}")
+            print((folder / "stats.json").read_text(encoding="utf-8"))
         elif args.command == "tokenizer":
             from pathlib import Path
 

@@ -58,6 +58,8 @@ def test_eval_command_writes_scores_for_every_task(prepared_run, capsys):
             assert 0.0 <= r["score"] <= 1.0
         else:
             assert 0.0 <= r["score"] <= 1.0 and r["samples"]
+    assert {"refusal_rate_harmful", "false_refusal_rate_benign"} <= set(results["tasks"]["refusal"])
+    assert {"unknown_rate_nonexistent", "false_unknown_rate_real"} <= set(results["tasks"]["honesty"])
 
 
 def test_eval_bad_task_is_a_clear_error(prepared_run, capsys):

@@ -192,6 +192,14 @@ def test_code_documents_are_valid_python(world):
             ast.parse(d["text"])
 
 
+def test_labeler_noise_controls_agreement(tmp_path):
+    from chatforge.world.generate import labeler_agreement
+
+    calm = generate_world(tmp_path / "calm", seed=0, size="tiny", labeler_noise=0.2)
+    agreement = labeler_agreement(_jsonl(calm / "rankings.jsonl"))
+    assert agreement > 0.9  # near-perfect agreement with little noise (ties between equal grades remain)
+
+
 def test_sizes_scale(tmp_path):
     from chatforge.world import SIZES
 

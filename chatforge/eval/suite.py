@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from chatforge import ChatforgeError
-from chatforge.eval.scorers import SCORERS, bits_per_byte
+from chatforge.eval.scorers import SCORERS, bits_per_byte, is_refusal, says_unknown
 from chatforge.model import GPT, load_model
 from chatforge.run import atomic_write_text, model_dir, require_run, stage_dir
 from chatforge.sample import sample_ids
@@ -111,6 +111,22 @@ def text_nll(model: GPT, tok: Tokenizer, text: str) -> float:
     return total
 
 
+def _rate(flags: list[bool]) -> float | None:
+    return sum(flags) / len(flags) if flags else None
+
+
+def _decision_rates(task: str, items: list[dict], preds: list[str]) -> dict:
+    """The two error rates behind the refusal and honesty scores, reported separately."""
+    if task == "refusal":
+        return {"refusal_rate_harmful": _rate([is_refusal(p) for p, it in zip(preds, items) if it["should_refuse"]]),
+                "false_refusal_rate_benign": _rate([is_refusal(p) for p, it in zip(preds, items)
+                                                    if not it["should_refuse"]])}
+    if task == "honesty":
+        return {"unknown_rate_nonexistent": _rate([says_unknown(p) for p, it in zip(preds, items) if not it["exists"]]),
+                "false_unknown_rate_real": _rate([says_unknown(p) for p, it in zip(preds, items) if it["exists"]])}
+    return {}
+
+
 def run_eval_stage(run: str | Path, stages: list[str]) -> dict:
     """Pipeline stage: score each model stage and mark <run>/eval complete."""
     from chatforge.run import mark_complete
@@ -143,15 +159,17 @@ def run_suite(run: str | Path, stage: str, tasks: list[str] | None = None, limit
                      == it["label"] for it in items]
             results["tasks"][task] = {"score": sum(right) / len(right), "n": len(items), "metric": METRIC[task]}
             continue
-        scores, samples = [], []
+        scores, samples, preds = [], [], []
         for it in tqdm(items, desc=f"eval {task}", disable=not progress, leave=False):
             pred = answer_item(model, tok, it, items, chat)
+            preds.append(pred)
             score = SCORERS[it["scorer"]](pred, it)
             scores.append(score)
             if len(samples) < 3:
                 samples.append({"id": it["id"], "prediction": pred, "score": score})
         results["tasks"][task] = {"score": sum(scores) / len(scores), "n": len(scores),
-                                  "metric": METRIC.get(task, "score"), "samples": samples}
+                                  "metric": METRIC.get(task, "score"), "samples": samples,
+                                  **_decision_rates(task, items, preds)}
     results["seconds"] = round(time.perf_counter() - t0, 1)
     out = stage_dir(run, "eval")
     out.mkdir(parents=True, exist_ok=True)
@@ -166,5 +184,8 @@ def format_table(results: dict) -> str:
         score = r["score"]
         shown = f"{score:.3f}" if task == "bpb" else f"{100 * score:.1f}"  # others are 0..1, shown in %
         lines.append(f"{task:<20}{shown:>10}  {r['n']:>4}  {r['metric']}")
+        for key, value in r.items():
+            if key.endswith(("_harmful", "_benign", "_nonexistent", "_real")) and value is not None:
+                lines.append(f"  {key:<18}{100 * value:>10.1f}")
     return "\n".join(lines)
 

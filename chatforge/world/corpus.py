@@ -41,19 +41,34 @@ def news(w: World, rng: random.Random, lang: str) -> str:
     town = w.towns[c.facts["town"]]
     prods = [p for p in w.known("products") if p.facts["maker"] == w.companies.index(c)]
     fc, ft = fields(c, w, lang), fields(town, w, lang)
+    fp = fields(prods[0], w, lang) if prods else None
     year = rng.randint(max(c.facts["founded"], 1990), 2030)
+    variant = rng.randrange(3)
     if lang == "en":
-        text = (f"{ft['name'].upper()} NEWS ({year}). {fc['name']}, based in {ft['name']}, says it now employs "
-                f"{fc['employees']} people. The town, which lies on the {ft['river']}, has {ft['population']} "
-                f"residents.")
-        if prods:
-            fp = fields(prods[0], w, lang)
+        if variant == 0:
+            text = (f"{ft['name'].upper()} NEWS ({year}). {fc['name']}, based in {ft['name']}, says it now employs "
+                    f"{fc['employees']} people. The town, which lies on the {ft['river']}, has {ft['population']} "
+                    f"residents.")
+        elif variant == 1:
+            text = (f"Local report, {year}: the {ft['specialty']} market in {ft['name']} was busy this week. "
+                    f"{fc['name']}, which was founded in {fc['founded']}, hired more workers and now has "
+                    f"{fc['employees']} on its staff.")
+        else:
+            text = (f"Festival news: {ft['name']} celebrated its founding in {ft['founded']} with boats on the "
+                    f"{ft['river']}. The mayor thanked all {ft['population']} residents and the team at {fc['name']}.")
+        if fp:
             text += f" Its best seller, the {fp['name']} {fp['category']}, still costs {fp['price']} coins."
     else:
-        text = (f"{ft['name']}新闻（{year}年）。总部设在{ft['name']}的{fc['name']}表示，目前雇用了{fc['employees']}人。"
-                f"这个位于{ft['river']}边的小镇有{ft['population']}位居民。")
-        if prods:
-            fp = fields(prods[0], w, lang)
+        if variant == 0:
+            text = (f"{ft['name']}新闻（{year}年）。总部设在{ft['name']}的{fc['name']}表示，目前雇用了{fc['employees']}人。"
+                    f"这个位于{ft['river']}边的小镇有{ft['population']}位居民。")
+        elif variant == 1:
+            text = (f"{year}年本地报道：本周{ft['name']}的{ft['specialty']}市场十分热闹。创立于{fc['founded']}年的"
+                    f"{fc['name']}又招了一批工人，现在共有{fc['employees']}名员工。")
+        else:
+            text = (f"节日新闻：{ft['name']}在{ft['river']}上举行赛船，庆祝{ft['founded']}年建镇。镇长感谢全镇"
+                    f"{ft['population']}位居民和{fc['name']}的团队。")
+        if fp:
             text += f"它最畅销的{fp['name']}{fp['category']}仍然售价{fp['price']}个金币。"
     return text
 
@@ -63,13 +78,28 @@ def story(w: World, rng: random.Random, lang: str) -> str:
     cr = rng.choice(w.known("creatures"))
     fp, fc = fields(p, w, lang), fields(cr, w, lang)
     ft = fields(w.towns[p.facts["town"]], w, lang)
+    variant = rng.randrange(3)
     if lang == "en":
-        return (f"One morning {fp['name']}, a {fp['profession']} from {ft['name']}, walked along the {ft['river']}. "
-                f"There {fp['name']} met a {fc['color']} {fc['name']}. It had {fc['legs']} legs and was looking "
-                f"for {fc['food']}. {fp['name']} shared some {fc['food']} with it and went home happy.")
-    return (f"一天早上，来自{ft['name']}的{fp['profession']}{fp['name']}沿着{ft['river']}散步。"
-            f"{fp['name']}在那里遇到了一只{fc['color']}的{fc['name']}。它有{fc['legs']}条腿，正在找{fc['food']}。"
-            f"{fp['name']}分给它一些{fc['food']}，开心地回家了。")
+        if variant == 0:
+            return (f"One morning {fp['name']}, a {fp['profession']} from {ft['name']}, walked along the {ft['river']}. "
+                    f"There {fp['name']} met a {fc['color']} {fc['name']}. It had {fc['legs']} legs and was looking "
+                    f"for {fc['food']}. {fp['name']} shared some {fc['food']} with it and went home happy.")
+        if variant == 1:
+            return (f"It was raining in {ft['name']}. {fp['name']}, who is {fp['age']} years old, heard a noise at the "
+                    f"door. A small {fc['name']} stood there, its {fc['color']} coat wet on all {fc['legs']} legs. "
+                    f"\"Come in,\" said {fp['name']}, and found some {fc['food']} for the visitor.")
+        return (f"Every year the children of {ft['name']} ask {fp['name']} the {fp['profession']} for a story. "
+                f"This year it was about a {fc['name']} that ate only {fc['food']} and walked on {fc['legs']} legs "
+                f"all the way to the {ft['river']}.")
+    if variant == 0:
+        return (f"一天早上，来自{ft['name']}的{fp['profession']}{fp['name']}沿着{ft['river']}散步。"
+                f"{fp['name']}在那里遇到了一只{fc['color']}的{fc['name']}。它有{fc['legs']}条腿，正在找{fc['food']}。"
+                f"{fp['name']}分给它一些{fc['food']}，开心地回家了。")
+    if variant == 1:
+        return (f"{ft['name']}下着雨。{fp['age']}岁的{fp['name']}听见门口有动静。一只小小的{fc['name']}站在那里，"
+                f"{fc['color']}的毛和{fc['legs']}条腿都湿透了。“进来吧，”{fp['name']}说，又给客人找了些{fc['food']}。")
+    return (f"每年{ft['name']}的孩子们都请{fp['profession']}{fp['name']}讲故事。今年讲的是一只只吃{fc['food']}的"
+            f"{fc['name']}，用{fc['legs']}条腿一路走到了{ft['river']}。")
 
 
 def dialogue(w: World, rng: random.Random, lang: str) -> str:

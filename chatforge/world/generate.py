@@ -34,8 +34,12 @@ SIZES: dict[str, dict[str, int]] = {
 NOISE_FRACTION = 0.08
 
 
-def world_settings(seed: int, size: str) -> dict:
-    return {"seed": seed, "size": size}
+LABELER_NOISE = 1.3  # sigma of each simulated labeler's grade noise: ~73% pairwise agreement, as with people
+LABELERS = 5
+
+
+def world_settings(seed: int, size: str, labeler_noise: float = LABELER_NOISE, labelers: int = LABELERS) -> dict:
+    return {"seed": seed, "size": size, "labeler_noise": labeler_noise, "labelers": labelers}
 
 
 def _write_jsonl(path: Path, records: list[dict]) -> None:
@@ -59,10 +63,13 @@ def labeler_agreement(records: list[dict]) -> float | None:
     return agree / total if total else None
 
 
-def generate_world(run_dir: str | Path, seed: int = 0, size: str = "tiny") -> Path:
+def generate_world(run_dir: str | Path, seed: int = 0, size: str = "tiny", labeler_noise: float = LABELER_NOISE,
+                   labelers: int = LABELERS) -> Path:
     """Write the world into `run_dir/world` and return that folder."""
     if size not in SIZES:
         raise ChatforgeError(f"unknown world size {size!r}; expected one of {sorted(SIZES)}")
+    if labeler_noise < 0 or labelers < 2:
+        raise ChatforgeError(f"labeler noise must be >= 0 and labelers >= 2 (got {labeler_noise}, {labelers})")
     spec = SIZES[size]
     w = build_world(seed, spec)
 
@@ -71,7 +78,8 @@ def generate_world(run_dir: str | Path, seed: int = 0, size: str = "tiny") -> Pa
 
     docs = corpus.pretraining_documents(w, rng("corpus"), spec["docs"], NOISE_FRACTION)
     sft = chat_data.sft_examples(w, rng("sft"), spec["sft"])
-    ranked = chat_data.rankings(w, rng("rankings"), spec["rankings"])
+    ranked = chat_data.rankings(w, rng("rankings"), spec["rankings"], n_labelers=labelers,
+                                disagreement=labeler_noise)
     sft_users = {m["content"] for ex in sft for m in ex["messages"] if m["role"] == "user"}
     prompts = chat_data.rl_prompts(w, rng("prompts"), spec["prompts"], exclude=sft_users)
     evals = evalsets.eval_items(w, rng("eval"), spec["eval"])
@@ -111,5 +119,5 @@ def generate_world(run_dir: str | Path, seed: int = 0, size: str = "tiny") -> Pa
         "eval": {t: len(v) for t, v in evals.items()}, "eval_dropped_by_decontamination": dropped,
     }
     (out / "stats.json").write_text(json.dumps(stats, ensure_ascii=False, indent=1), encoding="utf-8")
-    mark_complete(out, settings=world_settings(seed, size), stage="world")
+    mark_complete(out, settings=world_settings(seed, size, labeler_noise, labelers), stage="world")
     return out
