@@ -37,9 +37,10 @@ def encyclopedia(w: World, rng: random.Random, lang: str) -> str:
 
 
 def news(w: World, rng: random.Random, lang: str) -> str:
-    c = rng.choice(w.known("companies"))
+    ci = rng.choice([i for i, c in enumerate(w.companies) if not c.heldout])
+    c = w.companies[ci]
     town = w.towns[c.facts["town"]]
-    prods = [p for p in w.known("products") if p.facts["maker"] == w.companies.index(c)]
+    prods = [p for p in w.known("products") if p.facts["maker"] == ci]
     fc, ft = fields(c, w, lang), fields(town, w, lang)
     fp = fields(prods[0], w, lang) if prods else None
     year = rng.randint(max(c.facts["founded"], 1990), 2030)

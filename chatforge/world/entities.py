@@ -124,8 +124,8 @@ def build_world(seed: int, counts: dict[str, int], heldout_fraction: float = 0.1
     held_companies = [i for i, c in enumerate(companies) if c.heldout]
     for p in products:
         p.facts["maker"] = rng.choice(held_companies if p.heldout else known_companies)
-    for t in towns:  # a mayor who lives in the town, when there is one
-        residents = [i for i, p in enumerate(people) if p.facts["town"] == towns.index(t)]
+    for ti, t in enumerate(towns):  # a mayor who lives in the town, when there is one
+        residents = [i for i, p in enumerate(people) if p.facts["town"] == ti]
         t.facts["mayor"] = residents[0] if residents else None
     ghosts = [Entity(k, *name(3)) for k in ("town", "person", "creature", "company") for _ in range(
         max(4, counts["towns"] // 4))]
