@@ -186,6 +186,6 @@ def format_table(results: dict) -> str:
         lines.append(f"{task:<20}{shown:>10}  {r['n']:>4}  {r['metric']}")
         for key, value in r.items():
             if key.endswith(("_harmful", "_benign", "_nonexistent", "_real")) and value is not None:
-                lines.append(f"  {key:<18}{100 * value:>10.1f}")
+                lines.append(f"  {key:<26}{100 * value:>6.1f}%")
     return "\n".join(lines)
 
