@@ -6,6 +6,7 @@
     chatforge data      --run runs/demo
     chatforge pretrain  --run runs/demo --max-steps 600
     chatforge eval      --run runs/demo --stage base
+    chatforge export    --run runs/demo --stage base --format hf --out exported/
     chatforge sample    --run runs/demo --stage base "The town of"
     torchrun --nproc_per_node=2 -m chatforge.cli pretrain --run-dir runs/demo --dist fsdp
 """
@@ -105,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", default=None, help="comma-separated subset, e.g. knowledge_qa,icl")
     p.add_argument("--limit", type=int, default=None, help="at most N items per task")
 
+    p = sub.add_parser("export", help="export a model stage as a Hugging Face folder")
+    _add_run(p)
+    p.add_argument("--stage", default="base")
+    p.add_argument("--format", default="hf", choices=["hf"])
+    p.add_argument("--out", required=True, help="output folder")
+
     p = sub.add_parser("sample", help="print a continuation from a trained model")
     _add_run(p)
     p.add_argument("--stage", default="base")
@@ -194,6 +201,13 @@ def main(argv: list[str] | None = None) -> int:
 
             tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
             print(format_table(run_suite(args.run, args.stage, tasks, args.limit)))
+        elif args.command == "export":
+            from chatforge.hf import export_hf
+            from chatforge.run import model_dir, require_run
+
+            out = export_hf(model_dir(require_run(args.run), args.stage), args.out)
+            print(f"exported {args.stage} as a Hugging Face folder: {out} "
+                  f"(AutoModelForCausalLM.from_pretrained({str(out)!r}))")
         elif args.command == "sample":
             _cmd_sample(args)
     except ChatforgeError as e:
