@@ -135,33 +135,72 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class KVCache:
-    """Preallocated keys/values for every layer: (n_layer, B, n_kv_head, max_len, head_dim).
+    """Preallocated keys/values for every layer: (n_layer, rows, n_kv_head, max_len, head_dim), with a length
+    per row, so rows hold sequences of different lengths (the engine prefills one request into a free row
+    while other rows are mid-generation: continuous batching).
 
-    `length` is the number of cached positions (the same for all rows). The model writes new entries
-    layer by layer and calls `advance` once per forward.
+    `GPT.forward(ids, cache=cache, rows=r)` appends ids[b] to cache row r[b] (all rows when `rows` is None).
     """
 
     def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int | None = None,
                  device=None, dtype=torch.float32):
-        self.max_len = max_len or cfg.max_seq_len
+        self.max_len = min(max_len or cfg.max_seq_len, cfg.max_seq_len)
         shape = (cfg.n_layer, batch_size, cfg.n_kv_head, self.max_len, cfg.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.length = 0
+        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self._step: dict = {}
+
+    @property
+    def length(self) -> int:
+        """Cached positions of the longest row (all rows, when they are filled together)."""
+        return int(self.lengths.max())
+
+    def begin(self, T: int, rows: torch.Tensor | None) -> torch.Tensor:
+        """Set up one forward of T new tokens per row; returns their positions (B, T)."""
+        n = self.lengths.shape[0]
+        all_rows = rows is None
+        rows = torch.arange(n, device=self.lengths.device) if rows is None else rows
+        start = self.lengths[rows]
+        positions = start[:, None] + torch.arange(T, device=start.device)
+        lo, hi = int(start.min()), int(positions.max()) + 1
+        if hi > self.max_len:
+            raise ChatforgeError(f"sequence of {hi} tokens exceeds the context of {self.max_len}")
+        # fast path (all rows, same length): plain slices and the cheapest mask
+        uniform = all_rows and lo == int(start.max())
+        if uniform:
+            mask = None if T == 1 or lo == 0 else \
+                torch.ones(T, hi, dtype=torch.bool, device=start.device).tril(diagonal=hi - T)
+        else:  # key j is visible to the query at position p iff j <= p (and j was written for this row)
+            mask = (torch.arange(hi, device=start.device)[None, None, :] <= positions[:, :, None])[:, None]
+        self._step = {"rows": rows, "positions": positions, "start": lo, "end": hi, "T": T,
+                      "uniform": uniform, "mask": mask, "causal": uniform and lo == 0 and T > 1}
+        return positions
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        end = self.length + k.shape[2]
-        if end > self.max_len:
-            raise ChatforgeError(f"KV cache full: {end} positions > max_len {self.max_len}")
-        self.k[layer, :, :, self.length:end] = k
-        self.v[layer, :, :, self.length:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        st = self._step
+        if st["uniform"]:
+            self.k[layer, :, :, st["start"]:st["end"]] = k
+            self.v[layer, :, :, st["start"]:st["end"]] = v
+            return self.k[layer, :, :, :st["end"]], self.v[layer, :, :, :st["end"]]
+        rows, pos = st["rows"], st["positions"]
+        # advanced indices on dims 0 and 2 put (B, T) first: values are (B, T, n_kv, hd)
+        self.k[layer][rows[:, None], :, pos] = k.permute(0, 2, 1, 3)
+        self.v[layer][rows[:, None], :, pos] = v.permute(0, 2, 1, 3)
+        return self.k[layer, rows, :, :st["end"]], self.v[layer, rows, :, :st["end"]]
 
-    def advance(self, n: int) -> None:
-        self.length += n
+    def attention_mask(self) -> tuple[torch.Tensor | None, bool]:
+        return self._step["mask"], self._step["causal"]
 
-    def reset(self) -> None:
-        self.length = 0
+    def finish(self) -> None:
+        self.lengths[self._step["rows"]] += self._step["T"]
+        self._step = {}
+
+    def reset(self, rows: torch.Tensor | list[int] | None = None) -> None:
+        if rows is None:
+            self.lengths.zero_()
+        else:
+            self.lengths[torch.as_tensor(rows, device=self.lengths.device)] = 0
 
 
 class Attention(nn.Module):
@@ -184,12 +223,11 @@ class Attention(nn.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
-        S = k.shape[2]
-        mask = None
-        if S != T and T > 1:  # new queries after a cached prefix: query i sees keys <= prefix + i
-            mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
+            mask, causal = cache.attention_mask()
+        else:
+            mask, causal = None, T > 1
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=(S == T and T > 1),
+            q, k, v, attn_mask=mask, is_causal=causal,
             dropout_p=cfg.dropout if self.training else 0.0,
             enable_gqa=cfg.n_kv_head != cfg.n_head)
         return self.proj(y.transpose(1, 2).reshape(B, T, cfg.n_head * hd))
@@ -257,21 +295,28 @@ class GPT(nn.Module):
                 nn.init.normal_(p, 0.0, std)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
-                return_hidden: bool = False):
+                return_hidden: bool = False, rows: torch.Tensor | None = None):
         """idx (B, T) -> (logits (B, T, V), loss or None). Targets of -100 are ignored in the loss.
 
-        With `return_hidden`, returns the final normed hidden states instead of logits (reward/value heads).
+        With a `cache`, idx is appended to cache rows `rows` (default: all rows, in order) and attends to
+        everything cached for its row. With `return_hidden`, returns the final normed hidden states
+        instead of logits (reward/value heads).
         """
         B, T = idx.shape
-        offset = cache.length if cache is not None else 0
-        if offset + T > self.cfg.max_seq_len:
-            raise ChatforgeError(f"sequence of {offset + T} tokens exceeds max_seq_len {self.cfg.max_seq_len}")
+        if cache is not None:
+            positions = cache.begin(T, rows)
+        else:
+            if T > self.cfg.max_seq_len:
+                raise ChatforgeError(f"sequence of {T} tokens exceeds max_seq_len {self.cfg.max_seq_len}")
+            positions = None
         x = self.wte(idx)
         rope = None
         if self.wpe is not None:
-            x = x + self.wpe(torch.arange(offset, offset + T, device=idx.device))
+            x = x + self.wpe(positions if positions is not None else torch.arange(T, device=idx.device))
+        elif positions is not None:
+            rope = (self.rope_cos[positions][:, None], self.rope_sin[positions][:, None])  # (B, 1, T, hd)
         else:
-            rope = (self.rope_cos[offset:offset + T], self.rope_sin[offset:offset + T])
+            rope = (self.rope_cos[:T], self.rope_sin[:T])
         x = self.drop(x)
         for block in self.blocks:
             if self.activation_checkpointing and self.training and cache is None:
@@ -280,7 +325,7 @@ class GPT(nn.Module):
             else:
                 x = block(x, rope, cache)
         if cache is not None:
-            cache.advance(T)
+            cache.finish()
         x = self.norm_f(x)
         if return_hidden:
             return x, None

@@ -77,6 +77,13 @@ def test_export_loads_in_transformers_and_generates_the_same(style, kw, tmp_path
     theirs = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=15, do_sample=False,
                          eos_token_id=None, pad_token_id=1023, min_new_tokens=15)[0, len(prompt):].tolist()
     assert ours == theirs
+    # the engine too (it stops at eos/<|end|>, HF was told not to): a prefix, ended by a stop token
+    from chatforge.engine import Engine, SamplingParams
+    from chatforge.tokenizer import Tokenizer
+
+    tk = Tokenizer.load(src)
+    eng = Engine(model, tk).generate([prompt], SamplingParams(max_tokens=15, temperature=0.0))[0].token_ids
+    assert eng == theirs[:len(eng)] and (len(eng) == 15 or theirs[len(eng)] in (tk.eos_id, tk.end_id))
     # and the round trip back
     again = import_hf(out).eval()
     with torch.no_grad():

@@ -1,0 +1,250 @@
+"""The generation engine: one implementation for the terminal chat, the API server, PPO rollouts and eval.
+
+    from chatforge.engine import Engine, SamplingParams
+    engine = Engine(model, tokenizer)
+    out = engine.generate([prompt_ids], SamplingParams(max_tokens=64, temperature=0.7, top_p=0.9, stop=["\\n"]))
+    for event in engine.stream([prompt_ids], params): print(event.delta, end="")
+
+How it works: requests sit in rows of one KV cache with a length per row. A request is prefilled into a
+free row on its own; then all active rows decode together, one token per step (batched decode). Rows
+finish independently (eos / stop token / stop string -> "stop"; max_tokens or the context -> "length"), and
+a waiting request takes the freed row at once (continuous batching, `max_batch` rows).
+
+Sampling per request: temperature (0 = greedy), top-k, top-p, repetition penalty (CTRL-style, over prompt
+and output), presence/frequency penalties (OpenAI-style, over output), and its own seeded generator, so
+the same seed gives the same text whatever else is in the batch. Logprobs are of the model's raw
+distribution (log-softmax of the logits, before penalties and temperature), for the chosen token and the
+top-N alternatives; prompt logprobs come from the prefill. Streaming never emits half a UTF-8 character,
+nor text that may turn out to be the start of a stop string (the stop text itself is never returned).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from chatforge import ChatforgeError
+from chatforge.model import GPT, KVCache
+from chatforge.tokenizer import Tokenizer
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int = 128
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    logprobs: int | None = None  # None = off; N >= 0 = chosen token's logprob + top-N alternatives
+    prompt_logprobs: bool = False
+
+    def validate(self) -> None:
+        problems = []
+        if self.max_tokens < 1:
+            problems.append(f"max_tokens={self.max_tokens} (must be >= 1)")
+        if self.temperature < 0:
+            problems.append(f"temperature={self.temperature} (must be >= 0)")
+        if not 0 < self.top_p <= 1:
+            problems.append(f"top_p={self.top_p} (must be in (0, 1])")
+        if self.top_k < 0:
+            problems.append(f"top_k={self.top_k} (must be >= 0)")
+        if self.repetition_penalty <= 0:
+            problems.append(f"repetition_penalty={self.repetition_penalty} (must be > 0)")
+        if self.logprobs is not None and not 0 <= self.logprobs <= 20:
+            problems.append(f"logprobs={self.logprobs} (must be 0..20)")
+        if any(not s for s in self.stop):
+            problems.append("stop strings must be non-empty")
+        if problems:
+            raise ChatforgeError("invalid sampling parameters: " + "; ".join(problems))
+
+
+@dataclass
+class Completion:
+    prompt_ids: list[int]
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    finish_reason: str | None = None  # "stop" | "length"
+    logprobs: list[float] = field(default_factory=list)
+    top_logprobs: list[dict[int, float]] = field(default_factory=list)
+    prompt_logprobs: list[float | None] = field(default_factory=list)  # None for the first prompt token
+
+
+@dataclass
+class StreamEvent:
+    index: int  # which request
+    delta: str  # new text, safe to show
+    token_ids: list[int]  # tokens generated this step for this request (0 or 1)
+    finished: bool = False
+    completion: Completion | None = None  # set on the last event of a request
+
+
+@dataclass
+class _Row:
+    index: int
+    params: SamplingParams
+    out: Completion
+    generator: torch.Generator
+    counts: torch.Tensor  # occurrences of each token in the output (penalties)
+    seen: torch.Tensor  # bool: token occurs in prompt or output (repetition penalty)
+    logits: torch.Tensor | None = None  # next-token logits
+    raw_logprobs: torch.Tensor | None = None  # log-softmax of `logits`, when logprobs are asked for
+    emitted: int = 0  # characters of text already streamed
+
+
+def _safe_prefix_len(text: str, stops: list[str]) -> int:
+    """Length of the prefix of `text` that is safe to stream: drops a trailing U+FFFD (an incomplete UTF-8
+    sequence being decoded) and any suffix that could still grow into a stop string."""
+    end = len(text)
+    while end > 0 and text[end - 1] == "\ufffd":
+        end -= 1
+    hold = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, end), 0, -1):
+            if text[end - k:end] == s[:k]:
+                hold = max(hold, k)
+                break
+    return end - hold
+
+
+class Engine:
+    def __init__(self, model: GPT, tokenizer: Tokenizer, max_batch: int = 16):
+        self.model, self.tok, self.max_batch = model.eval(), tokenizer, max_batch
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self.vocab = model.cfg.vocab_size
+        self.default_stop_ids = (tokenizer.eos_id, tokenizer.end_id)
+
+    # -- public API -----------------------------------------------------------------------------------------
+    def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]) -> list[Completion]:
+        done: dict[int, Completion] = {}
+        for ev in self.stream(prompts, params):
+            if ev.finished:
+                done[ev.index] = ev.completion
+        return [done[i] for i in range(len(prompts))]
+
+    @torch.no_grad()
+    def stream(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]) -> Iterator[StreamEvent]:
+        plist = params if isinstance(params, list) else [params] * len(prompts)
+        if len(plist) != len(prompts):
+            raise ChatforgeError(f"{len(prompts)} prompts but {len(plist)} sampling parameter sets")
+        ctx = self.model.cfg.max_seq_len
+        for i, (p, sp) in enumerate(zip(prompts, plist)):
+            sp.validate()
+            if not p:
+                raise ChatforgeError(f"prompt {i} is empty")
+            if len(p) >= ctx:
+                raise ChatforgeError(f"prompt {i} has {len(p)} tokens; the model's context is {ctx}, so at most "
+                                     f"{ctx - 1} prompt tokens leave room for an answer")
+            if max(p) >= self.vocab or min(p) < 0:
+                raise ChatforgeError(f"prompt {i} has a token id outside the vocabulary (0..{self.vocab - 1})")
+        n_rows = max(1, min(self.max_batch, len(prompts)))
+        cache = KVCache(self.model.cfg, n_rows, device=self.device, dtype=self.dtype)
+        waiting = list(range(len(prompts)))
+        free = list(range(n_rows))
+        active: dict[int, _Row] = {}  # cache row -> request state
+        while waiting or active:
+            while waiting and free:  # continuous batching: new requests take free rows as soon as they exist
+                slot, i = free.pop(0), waiting.pop(0)
+                active[slot] = self._prefill(cache, slot, i, prompts[i], plist[i])
+            finished = []
+            events = []
+            for slot, row in active.items():
+                tok_id = self._sample(row)
+                ev = self._append(row, tok_id, ctx)
+                events.append(ev)
+                if ev.finished:
+                    finished.append(slot)
+            yield from events
+            for slot in finished:
+                del active[slot]
+                free.append(slot)
+            if not active:
+                continue
+            slots = sorted(active)
+            ids = torch.tensor([[active[s].out.token_ids[-1]] for s in slots], device=self.device)
+            logits, _ = self.model(ids, cache=cache, rows=torch.tensor(slots, device=self.device))
+            for b, s in enumerate(slots):
+                active[s].logits = logits[b, -1].float()
+
+    # -- steps ------------------------------------------------------------------------------------------------
+    def _prefill(self, cache: KVCache, slot: int, index: int, prompt: list[int], sp: SamplingParams) -> _Row:
+        cache.reset([slot])
+        ids = torch.tensor([prompt], device=self.device)
+        logits, _ = self.model(ids, cache=cache, rows=torch.tensor([slot], device=self.device))
+        out = Completion(prompt_ids=list(prompt))
+        if sp.prompt_logprobs:
+            lp = torch.log_softmax(logits[0, :-1].float(), -1)
+            out.prompt_logprobs = [None] + lp.gather(1, ids[0, 1:, None]).squeeze(1).tolist()
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(sp.seed if sp.seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
+        seen = torch.zeros(self.vocab, dtype=torch.bool, device=self.device)
+        seen[ids[0]] = True
+        return _Row(index, sp, out, gen, torch.zeros(self.vocab, device=self.device), seen, logits[0, -1].float())
+
+    def _sample(self, row: _Row) -> int:
+        sp, logits = row.params, row.logits.clone()
+        if sp.logprobs is not None:
+            row.raw_logprobs = torch.log_softmax(row.logits, -1)
+        if sp.repetition_penalty != 1.0:
+            pen = torch.where(logits > 0, logits / sp.repetition_penalty, logits * sp.repetition_penalty)
+            logits = torch.where(row.seen, pen, logits)
+        if sp.presence_penalty or sp.frequency_penalty:
+            logits = logits - sp.presence_penalty * (row.counts > 0) - sp.frequency_penalty * row.counts
+        if sp.temperature == 0:
+            return int(logits.argmax())
+        logits = logits / sp.temperature
+        if sp.top_k:
+            kth = torch.topk(logits, min(sp.top_k, logits.numel())).values[-1]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if sp.top_p < 1.0:
+            probs_sorted, order = torch.softmax(logits, -1).sort(descending=True)
+            cum = probs_sorted.cumsum(-1)
+            drop = cum - probs_sorted >= sp.top_p  # keep the smallest prefix whose mass reaches top_p
+            logits = logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
+        probs = torch.softmax(logits, -1)
+        return int(torch.multinomial(probs, 1, generator=row.generator))
+
+    def _append(self, row: _Row, tok_id: int, ctx: int) -> StreamEvent:
+        sp, out = row.params, row.out
+        if sp.logprobs is not None:
+            lp = row.raw_logprobs
+            out.logprobs.append(float(lp[tok_id]))
+            if sp.logprobs:
+                vals, idx = lp.topk(sp.logprobs)
+                out.top_logprobs.append(dict(zip(idx.tolist(), vals.tolist())))
+        stop_ids = set(self.default_stop_ids) | set(sp.stop_token_ids)
+        if tok_id in stop_ids:
+            return self._finish(row, "stop", [])
+        out.token_ids.append(tok_id)
+        row.counts[tok_id] += 1
+        row.seen[tok_id] = True
+        text = self.tok.decode(out.token_ids)
+        for s in sp.stop:
+            # only the new tail can complete a stop string: search from just before it
+            pos = text.find(s, max(0, row.emitted - len(s)))
+            if pos != -1:
+                out.text = text[:pos]
+                return self._finish(row, "stop", [tok_id])
+        out.text = text
+        if len(out.token_ids) >= sp.max_tokens or len(out.prompt_ids) + len(out.token_ids) >= ctx:
+            return self._finish(row, "length", [tok_id])
+        safe = _safe_prefix_len(text, sp.stop)
+        delta = text[row.emitted:safe] if safe > row.emitted else ""
+        row.emitted = max(row.emitted, safe)
+        return StreamEvent(row.index, delta, [tok_id])
+
+    def _finish(self, row: _Row, reason: str, new_ids: list[int]) -> StreamEvent:
+        out = row.out
+        out.finish_reason = reason
+        if reason == "stop" and not new_ids:  # a stop token: text is what was decoded so far
+            out.text = self.tok.decode(out.token_ids)
+        delta = out.text[row.emitted:]
+        row.emitted = len(out.text)
+        return StreamEvent(row.index, delta, new_ids, finished=True, completion=out)
