@@ -22,7 +22,11 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/chatforge pipeline --run $(RUN) --preset $(PRESET)
-	$(VENV)/bin/chatforge sample --run $(RUN) --stage base --interactive
+	@echo ""
+	@echo "Talk to the model:   $(VENV)/bin/chatforge chat --run $(RUN) --stage base"
+	@echo "Continue a text:     $(VENV)/bin/chatforge sample --run $(RUN) --stage base --interactive"
+	@echo "Use it from Python:  $(VENV)/bin/chatforge export --run $(RUN) --stage base --out exported/demo-base"
+	@if [ -t 0 ]; then $(VENV)/bin/chatforge chat --run $(RUN) --stage base; fi
 
 test: $(STAMP)
 	$(PY) -m pytest -q

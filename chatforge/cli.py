@@ -5,6 +5,7 @@
     chatforge tokenizer --run runs/demo --vocab-size 4096
     chatforge data      --run runs/demo
     chatforge pretrain  --run runs/demo --max-steps 600
+    chatforge chat      --run runs/demo --stage base
     chatforge eval      --run runs/demo --stage base
     chatforge export    --run runs/demo --stage base --format hf --out exported/
     chatforge sample    --run runs/demo --stage base "The town of"
@@ -106,6 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", default=None, help="comma-separated subset, e.g. knowledge_qa,icl")
     p.add_argument("--limit", type=int, default=None, help="at most N items per task")
 
+    p = sub.add_parser("chat", help="chat with a model in the terminal (streaming, history, /commands)")
+    _add_run(p)
+    p.add_argument("--stage", default="sft", help="model stage to talk to (default sft; base works too)")
+    p.add_argument("--system", default=None, help="system prompt")
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--top-p", type=float, default=0.9)
+    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--seed", type=int, default=None)
+
     p = sub.add_parser("export", help="export a model stage as a Hugging Face folder")
     _add_run(p)
     p.add_argument("--stage", default="base")
@@ -201,6 +211,19 @@ def main(argv: list[str] | None = None) -> int:
 
             tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
             print(format_table(run_suite(args.run, args.stage, tasks, args.limit)))
+        elif args.command == "chat":
+            from chatforge.chat import ChatSession, run_terminal_chat
+            from chatforge.engine import Engine, SamplingParams
+            from chatforge.model import load_model
+            from chatforge.run import model_dir, require_run
+            from chatforge.tokenizer import Tokenizer
+
+            folder = model_dir(require_run(args.run), args.stage)
+            params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
+                                    seed=args.seed)
+            params.validate()
+            session = ChatSession(Engine(load_model(folder), Tokenizer.load(folder)), args.system, params)
+            run_terminal_chat(session)
         elif args.command == "export":
             from chatforge.hf import export_hf
             from chatforge.run import model_dir, require_run

@@ -20,6 +20,7 @@ nor text that may turn out to be the start of a stop string (the stop text itsel
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -96,14 +97,21 @@ class _Row:
     logits: torch.Tensor | None = None  # next-token logits
     raw_logprobs: torch.Tensor | None = None  # log-softmax of `logits`, when logprobs are asked for
     emitted: int = 0  # characters of text already streamed
+    # incremental UTF-8 decoding: holds back the bytes of a character that isn't complete yet
+    decoder: codecs.IncrementalDecoder = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
+
+    @property
+    def simple_greedy(self) -> bool:
+        sp = self.params
+        return (sp.temperature == 0 and sp.logprobs is None and sp.repetition_penalty == 1.0
+                and not sp.presence_penalty and not sp.frequency_penalty)
 
 
 def _safe_prefix_len(text: str, stops: list[str]) -> int:
-    """Length of the prefix of `text` that is safe to stream: drops a trailing U+FFFD (an incomplete UTF-8
-    sequence being decoded) and any suffix that could still grow into a stop string."""
+    """Length of the prefix of `text` that is safe to stream: without any suffix that could still grow
+    into a stop string. (Incomplete UTF-8 characters never reach `text`: the incremental decoder holds
+    their bytes back.)"""
     end = len(text)
-    while end > 0 and text[end - 1] == "\ufffd":
-        end -= 1
     hold = 0
     for s in stops:
         for k in range(min(len(s) - 1, end), 0, -1):
@@ -120,6 +128,8 @@ class Engine:
         self.dtype = next(model.parameters()).dtype
         self.vocab = model.cfg.vocab_size
         self.default_stop_ids = (tokenizer.eos_id, tokenizer.end_id)
+        table = tokenizer.token_bytes()  # the model's vocab may be padded past the tokenizer's: those are b""
+        self.token_bytes = table + [b""] * max(0, self.vocab - len(table))
 
     # -- public API -----------------------------------------------------------------------------------------
     def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]) -> list[Completion]:
@@ -155,8 +165,9 @@ class Engine:
                 active[slot] = self._prefill(cache, slot, i, prompts[i], plist[i])
             finished = []
             events = []
+            greedy = self._batched_greedy(active)
             for slot, row in active.items():
-                tok_id = self._sample(row)
+                tok_id = greedy[slot] if slot in greedy else self._sample(row)
                 ev = self._append(row, tok_id, ctx)
                 events.append(ev)
                 if ev.finished:
@@ -169,9 +180,19 @@ class Engine:
                 continue
             slots = sorted(active)
             ids = torch.tensor([[active[s].out.token_ids[-1]] for s in slots], device=self.device)
-            logits, _ = self.model(ids, cache=cache, rows=torch.tensor(slots, device=self.device))
+            rows = None if slots == list(range(n_rows)) else torch.tensor(slots, device=self.device)
+            logits, _ = self.model(ids, cache=cache, rows=rows)
+            last = logits[:, -1].float()
             for b, s in enumerate(slots):
-                active[s].logits = logits[b, -1].float()
+                active[s].logits = last[b]
+
+    def _batched_greedy(self, active: dict[int, _Row]) -> dict[int, int]:
+        """Argmax for all plain-greedy rows in one op (the common eval / benchmark case)."""
+        slots = [s for s, r in active.items() if r.simple_greedy]
+        if len(slots) < 2:
+            return {}
+        best = torch.stack([active[s].logits for s in slots]).argmax(-1).tolist()
+        return dict(zip(slots, best))
 
     # -- steps ------------------------------------------------------------------------------------------------
     def _prefill(self, cache: KVCache, slot: int, index: int, prompt: list[int], sp: SamplingParams) -> _Row:
@@ -223,18 +244,20 @@ class Engine:
         if tok_id in stop_ids:
             return self._finish(row, "stop", [])
         out.token_ids.append(tok_id)
-        row.counts[tok_id] += 1
-        row.seen[tok_id] = True
-        text = self.tok.decode(out.token_ids)
+        if not row.simple_greedy:
+            row.counts[tok_id] += 1
+            row.seen[tok_id] = True
+        before = len(out.text)
+        out.text += row.decoder.decode(self.token_bytes[tok_id])
+        text = out.text
         for s in sp.stop:
             # only the new tail can complete a stop string: search from just before it
-            pos = text.find(s, max(0, row.emitted - len(s)))
+            pos = text.find(s, max(0, min(row.emitted, before) - len(s)))
             if pos != -1:
                 out.text = text[:pos]
                 return self._finish(row, "stop", [tok_id])
-        out.text = text
         if len(out.token_ids) >= sp.max_tokens or len(out.prompt_ids) + len(out.token_ids) >= ctx:
-            return self._finish(row, "length", [tok_id])
+            return self._finish(row, "length", [tok_id])  # an incomplete last character is dropped
         safe = _safe_prefix_len(text, sp.stop)
         delta = text[row.emitted:safe] if safe > row.emitted else ""
         row.emitted = max(row.emitted, safe)
@@ -243,8 +266,6 @@ class Engine:
     def _finish(self, row: _Row, reason: str, new_ids: list[int]) -> StreamEvent:
         out = row.out
         out.finish_reason = reason
-        if reason == "stop" and not new_ids:  # a stop token: text is what was decoded so far
-            out.text = self.tok.decode(out.token_ids)
         delta = out.text[row.emitted:]
         row.emitted = len(out.text)
         return StreamEvent(row.index, delta, new_ids, finished=True, completion=out)

@@ -173,7 +173,7 @@ class KVCache:
                 torch.ones(T, hi, dtype=torch.bool, device=start.device).tril(diagonal=hi - T)
         else:  # key j is visible to the query at position p iff j <= p (and j was written for this row)
             mask = (torch.arange(hi, device=start.device)[None, None, :] <= positions[:, :, None])[:, None]
-        self._step = {"rows": rows, "positions": positions, "start": lo, "end": hi, "T": T,
+        self._step = {"rows": rows, "positions": positions, "start": lo, "end": hi, "T": T, "all_rows": all_rows,
                       "uniform": uniform, "mask": mask, "causal": uniform and lo == 0 and T > 1}
         return positions
 
@@ -187,6 +187,8 @@ class KVCache:
         # advanced indices on dims 0 and 2 put (B, T) first: values are (B, T, n_kv, hd)
         self.k[layer][rows[:, None], :, pos] = k.permute(0, 2, 1, 3)
         self.v[layer][rows[:, None], :, pos] = v.permute(0, 2, 1, 3)
+        if st["all_rows"]:  # every row, in order: a view, no copy (the mask hides what a row hasn't written)
+            return self.k[layer, :, :, :st["end"]], self.v[layer, :, :, :st["end"]]
         return self.k[layer, rows, :, :st["end"]], self.v[layer, rows, :, :st["end"]]
 
     def attention_mask(self) -> tuple[torch.Tensor | None, bool]:

@@ -52,6 +52,19 @@ CHAT_TEMPLATE = (
 )
 
 
+def byte_level_alphabet() -> dict[int, str]:
+    """The byte-level BPE alphabet (GPT-2's): each byte value stands for a printable character, printable
+    ASCII/Latin-1 bytes for themselves and the rest for characters from U+0100 on."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
+    table = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
 class Tokenizer:
     """Our view of a trained tokenizer: plain-text encode/decode, special ids, chat encoding."""
 
@@ -82,6 +95,18 @@ class Tokenizer:
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
+
+    def token_bytes(self) -> list[bytes]:
+        """Raw bytes of every token id (b"" for special tokens), for incremental streaming decode."""
+        if getattr(self, "_token_bytes", None) is None:
+            to_byte = {c: b for b, c in byte_level_alphabet().items()}
+            table = [b""] * self.vocab_size
+            special = set(self.special_ids.values())
+            for piece, i in self.hf.get_vocab(with_added_tokens=True).items():
+                if i not in special:
+                    table[i] = bytes(to_byte[c] for c in piece)
+            self._token_bytes = table
+        return self._token_bytes
 
     def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
         return self.hf.decode(list(ids), skip_special_tokens=skip_special)

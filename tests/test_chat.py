@@ -1,0 +1,49 @@
+"""Terminal chat: history, system prompt, commands, regenerate, and the template it sends to the engine."""
+
+from __future__ import annotations
+
+import io
+
+import torch
+
+from chatforge.chat import ChatSession, run_terminal_chat
+from chatforge.engine import Engine, SamplingParams
+from chatforge.model import GPT, ModelConfig
+from chatforge.tokenizer import Tokenizer
+
+
+def _session(prepared_run_template) -> ChatSession:
+    tok = Tokenizer.load(prepared_run_template / "tokenizer")
+    torch.manual_seed(0)
+    model = GPT(ModelConfig.preset_style("llama", vocab_size=tok.vocab_size, n_layer=1, d_model=32, n_head=2,
+                                         max_seq_len=128))
+    return ChatSession(Engine(model, tok), system="Be brief.", params=SamplingParams(max_tokens=8, temperature=0.0))
+
+
+def test_terminal_chat_commands_and_history(prepared_run_template):
+    s = _session(prepared_run_template)
+    sent = []
+    real_stream = s.engine.stream
+    s.engine.stream = lambda prompts, params: (sent.append(prompts[0]), real_stream(prompts, params))[1]
+    stdin = io.StringIO("Where is Kalo?\nAnd its river?\n/regen\n/history\n/temp 0.5\n/clear\n/temp abc\n/quit\n")
+    out = io.StringIO()
+    run_terminal_chat(s, stdin, out)
+    text = out.getvalue()
+    # the second question was sent with the whole conversation so far, through the chat template
+    first_answer = text.split("assistant> ")[1].split("\n")[0]
+    assert sent[1] == s.engine.tok.encode_chat(
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Where is Kalo?"},
+         {"role": "assistant", "content": first_answer}, {"role": "user", "content": "And its river?"}],
+        add_generation_prompt=True)
+    assert sent[2] == sent[1]  # /regen asks the same conversation again (greedy: the same answer)
+    assert "user: And its river?" in text and "temperature 0.5" in text
+    assert "history cleared" in text and "/temp needs a number" in text
+    assert s.history == []
+
+
+def test_long_conversations_drop_the_oldest_turns(prepared_run_template):
+    s = _session(prepared_run_template)
+    for i in range(30):
+        s.reply(f"Question number {i} about the town of Kalo and its river?")
+    assert len(s.fit_prompt()) < s.engine.model.cfg.max_seq_len
+    assert s.history[-2]["content"].startswith("Question number 29")
