@@ -2,8 +2,8 @@
 
     chatforge eval --run runs/demo --stage base [--tasks knowledge_qa,icl] [--limit 30]
 
-Chat models (every stage but `base`) get each item's conversation through the chat template and answer
-until <|end|>. Base models get a few-shot prompt: up to 3 other items of the same task written as
+All generation goes through the engine (one batched call per task). Chat models (every stage but `base`)
+get each item's conversation through the chat template and answer until <|end|>. Base models get a few-shot prompt: up to 3 other items of the same task written as
 "Question: ... / Answer: <reference answer>" (the form of the world's worked problems), then the item, and
 the model continues after "Answer:" until a blank line or the next "Question:". Decoding is greedy.
 `bpb` is bits per byte of held-out text and `knowledge_mc` picks the likeliest of 4 statements (chance
@@ -22,10 +22,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from chatforge import ChatforgeError
+from chatforge.engine import Engine, SamplingParams
 from chatforge.eval.scorers import SCORERS, bits_per_byte, is_refusal, says_unknown
 from chatforge.model import GPT, load_model
 from chatforge.run import atomic_write_text, model_dir, require_run, stage_dir
-from chatforge.sample import sample_ids
 from chatforge.tokenizer import Tokenizer
 
 SHOTS = 3
@@ -73,30 +73,23 @@ def few_shot_prompt(tok: Tokenizer, item: dict, pool: list[dict], budget: int) -
         shots = shots[:-1]
 
 
-def _base_stop(tok: Tokenizer):
-    def stop(ids: list[int]) -> bool:
-        text = tok.decode(ids[-8:])
-        return "\n\n" in text or "\nQuestion:" in text
-    return stop
+BASE_STOPS = ["\n\n", "\nQuestion:"]  # a base model's answer ends where its next few-shot block would start
 
 
-def _cut_base_answer(text: str) -> str:
-    for marker in ("\n\n", "\nQuestion:"):
-        text = text.split(marker)[0]
-    return text.strip()
-
-
-@torch.no_grad()
-def answer_item(model: GPT, tok: Tokenizer, item: dict, pool: list[dict], chat: bool) -> str:
-    new = MAX_NEW_TOKENS.get(item["task"], DEFAULT_NEW_TOKENS)
-    budget = model.cfg.max_seq_len - new
-    if chat:
-        ids = tok.encode_chat(item["messages"], add_generation_prompt=True)[-budget:]
-        out = sample_ids(model, ids, new, temperature=0.0, stop_ids=(tok.end_id, tok.eos_id))
-        return tok.decode(out).strip()
-    ids = few_shot_prompt(tok, item, pool, budget)
-    out = sample_ids(model, ids, new, temperature=0.0, stop_ids=(tok.eos_id,), stop_fn=_base_stop(tok))
-    return _cut_base_answer(tok.decode(out))
+def answer_items(engine: Engine, items: list[dict], chat: bool) -> list[str]:
+    """Greedy answers to a task's items, all through the engine in one batched call."""
+    tok, ctx = engine.tok, engine.model.cfg.max_seq_len
+    prompts, params = [], []
+    for item in items:
+        new = MAX_NEW_TOKENS.get(item["task"], DEFAULT_NEW_TOKENS)
+        budget = ctx - new
+        if chat:
+            prompts.append(tok.encode_chat(item["messages"], add_generation_prompt=True)[-budget:])
+            params.append(SamplingParams(max_tokens=new, temperature=0.0))
+        else:
+            prompts.append(few_shot_prompt(tok, item, items, budget))
+            params.append(SamplingParams(max_tokens=new, temperature=0.0, stop=BASE_STOPS))
+    return [c.text.strip() for c in engine.generate(prompts, params)]
 
 
 @torch.no_grad()
@@ -143,10 +136,12 @@ def run_suite(run: str | Path, stage: str, tasks: list[str] | None = None, limit
     run = require_run(run)
     folder = model_dir(run, stage)
     model, tok = load_model(folder).eval(), Tokenizer.load(folder)
+    engine = Engine(model, tok, max_batch=16)
     chat = stage != "base"
     results: dict = {"stage": stage, "mode": "chat" if chat else f"{SHOTS}-shot", "tasks": {}}
     t0 = time.perf_counter()
-    for task, items in load_tasks(run, tasks, limit).items():
+    loaded = load_tasks(run, tasks, limit)
+    for task, items in tqdm(loaded.items(), desc="eval", total=len(loaded), disable=not progress):
         if not items:
             continue
         if task == "bpb":
@@ -159,10 +154,9 @@ def run_suite(run: str | Path, stage: str, tasks: list[str] | None = None, limit
                      == it["label"] for it in items]
             results["tasks"][task] = {"score": sum(right) / len(right), "n": len(items), "metric": METRIC[task]}
             continue
-        scores, samples, preds = [], [], []
-        for it in tqdm(items, desc=f"eval {task}", disable=not progress, leave=False):
-            pred = answer_item(model, tok, it, items, chat)
-            preds.append(pred)
+        scores, samples = [], []
+        preds = answer_items(engine, items, chat)
+        for it, pred in zip(items, preds):
             score = SCORERS[it["scorer"]](pred, it)
             scores.append(score)
             if len(samples) < 3:
