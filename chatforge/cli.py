@@ -135,16 +135,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_sample(args) -> None:
+    from chatforge.engine import Engine
     from chatforge.model import load_model
     from chatforge.run import model_dir, require_run
     from chatforge.sample import continue_text
     from chatforge.tokenizer import Tokenizer
 
     folder = model_dir(require_run(args.run), args.stage)
-    model, tok = load_model(folder), Tokenizer.load(folder)
+    engine = Engine(load_model(folder), Tokenizer.load(folder))
     kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, seed=args.seed)
     if not args.interactive:
-        print(args.prompt + continue_text(model, tok, args.prompt, **kw))
+        print(args.prompt + continue_text(engine, args.prompt, **kw))
         return
     if not sys.stdin.isatty():
         print(f"model ready at {folder}; to talk to it, run in a terminal: "
@@ -157,7 +158,7 @@ def _cmd_sample(args) -> None:
         except (EOFError, KeyboardInterrupt):
             print()
             return
-        print(prompt + continue_text(model, tok, prompt, **kw))
+        print(prompt + continue_text(engine, prompt, **kw))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,6 @@ import torch
 from chatforge import ChatforgeError
 from chatforge.hf import export_hf, import_hf
 from chatforge.model import GPT, ModelConfig, save_model
-from chatforge.sample import sample_ids
 
 transformers = pytest.importorskip("transformers")
 
@@ -70,18 +69,20 @@ def test_export_loads_in_transformers_and_generates_the_same(style, kw, tmp_path
         assert (model(idx)[0] - hf(idx).logits).abs().max().item() < 1e-4
     tok = transformers.AutoTokenizer.from_pretrained(str(out))
     assert tok.pad_token_id is not None and tok.pad_token_id != tok.eos_token_id
-    # greedy decoding: ours == HF generate on the exported weights
-    prompt = [0, 17, 300, 5, 99]
-    ours = sample_ids(model, prompt, 15, temperature=0.0)
-    ids = torch.tensor([prompt])
-    theirs = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=15, do_sample=False,
-                         eos_token_id=None, pad_token_id=1023, min_new_tokens=15)[0, len(prompt):].tolist()
-    assert ours == theirs
-    # the engine too (it stops at eos/<|end|>, HF was told not to): a prefix, ended by a stop token
+    # greedy decoding: the engine (told not to stop at eos, like HF here) == HF generate on the exported weights
     from chatforge.engine import Engine, SamplingParams
     from chatforge.tokenizer import Tokenizer
 
+    prompt = [0, 17, 300, 5, 99]
     tk = Tokenizer.load(src)
+    engine = Engine(model, tk)
+    engine.default_stop_ids = ()
+    ours = engine.generate([prompt], SamplingParams(max_tokens=15, temperature=0.0))[0].token_ids
+    ids = torch.tensor([prompt])
+    theirs = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=15, do_sample=False,
+                         eos_token_id=None, pad_token_id=1023, min_new_tokens=15)[0, len(prompt):].tolist()
+    assert ours == theirs and len(ours) == 15
+    # with its default stops, the engine gives a prefix of that, ended by eos/<|end|>
     eng = Engine(model, tk).generate([prompt], SamplingParams(max_tokens=15, temperature=0.0))[0].token_ids
     assert eng == theirs[:len(eng)] and (len(eng) == 15 or theirs[len(eng)] in (tk.eos_id, tk.end_id))
     # and the round trip back
