@@ -5,8 +5,9 @@
     out = engine.generate([prompt_ids], SamplingParams(max_tokens=64, temperature=0.7, top_p=0.9, stop=["\\n"]))
     for event in engine.stream([prompt_ids], params): print(event.delta, end="")
 
-How it works: requests sit in rows of one KV cache with a length per row. A request is prefilled into a
-free row on its own; then all active rows decode together, one token per step (batched decode). Rows
+How it works: requests sit in rows of one KV cache with a length per row. Newly admitted requests are
+prefilled together into free rows (right-padded; each row keeps its real length); then all active rows
+decode together, one token per step (batched decode). Rows
 finish independently (eos / stop token / stop string -> "stop"; max_tokens or the context -> "length"), and
 a waiting request takes the freed row at once (continuous batching, `max_batch` rows).
 
@@ -139,7 +140,7 @@ class Engine:
                 done[ev.index] = ev.completion
         return [done[i] for i in range(len(prompts))]
 
-    @torch.no_grad()
+    @torch.inference_mode()  # lighter than no_grad: no version counters or view tracking per op
     def stream(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]) -> Iterator[StreamEvent]:
         plist = params if isinstance(params, list) else [params] * len(prompts)
         if len(plist) != len(prompts):
@@ -160,9 +161,11 @@ class Engine:
         free = list(range(n_rows))
         active: dict[int, _Row] = {}  # cache row -> request state
         while waiting or active:
+            admitted = []
             while waiting and free:  # continuous batching: new requests take free rows as soon as they exist
-                slot, i = free.pop(0), waiting.pop(0)
-                active[slot] = self._prefill(cache, slot, i, prompts[i], plist[i])
+                admitted.append((free.pop(0), waiting.pop(0)))
+            if admitted:
+                active.update(self._prefill(cache, [(s, i, prompts[i], plist[i]) for s, i in admitted]))
             finished = []
             events = []
             greedy = self._batched_greedy(active)
@@ -195,19 +198,30 @@ class Engine:
         return dict(zip(slots, best))
 
     # -- steps ------------------------------------------------------------------------------------------------
-    def _prefill(self, cache: KVCache, slot: int, index: int, prompt: list[int], sp: SamplingParams) -> _Row:
-        cache.reset([slot])
-        ids = torch.tensor([prompt], device=self.device)
-        logits, _ = self.model(ids, cache=cache, rows=torch.tensor([slot], device=self.device))
-        out = Completion(prompt_ids=list(prompt))
-        if sp.prompt_logprobs:
-            lp = torch.log_softmax(logits[0, :-1].float(), -1)
-            out.prompt_logprobs = [None] + lp.gather(1, ids[0, 1:, None]).squeeze(1).tolist()
-        gen = torch.Generator(device=self.device)
-        gen.manual_seed(sp.seed if sp.seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
-        seen = torch.zeros(self.vocab, dtype=torch.bool, device=self.device)
-        seen[ids[0]] = True
-        return _Row(index, sp, out, gen, torch.zeros(self.vocab, device=self.device), seen, logits[0, -1].float())
+    def _prefill(self, cache: KVCache, batch: list[tuple[int, int, list[int], SamplingParams]]) -> dict[int, _Row]:
+        """Prefill newly admitted requests together: prompts right-padded into one forward, then each row's
+        length set to its real prompt length (the padding's keys are masked out and later overwritten)."""
+        slots = [b[0] for b in batch]
+        width = max(len(b[2]) for b in batch)
+        ids = torch.tensor([p + [0] * (width - len(p)) for _, _, p, _ in batch], device=self.device)
+        rows = torch.tensor(slots, device=self.device)
+        cache.reset(slots)
+        logits, _ = self.model(ids, cache=cache, rows=rows)
+        cache.lengths[rows] = torch.tensor([len(b[2]) for b in batch], device=self.device)
+        out: dict[int, _Row] = {}
+        for b, (slot, index, prompt, sp) in enumerate(batch):
+            n = len(prompt)
+            comp = Completion(prompt_ids=list(prompt))
+            if sp.prompt_logprobs:
+                lp = torch.log_softmax(logits[b, :n - 1].float(), -1)
+                comp.prompt_logprobs = [None] + lp.gather(1, ids[b, 1:n, None]).squeeze(1).tolist()
+            gen = torch.Generator(device=self.device)
+            gen.manual_seed(sp.seed if sp.seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
+            seen = torch.zeros(self.vocab, dtype=torch.bool, device=self.device)
+            seen[ids[b, :n]] = True
+            out[slot] = _Row(index, sp, comp, gen, torch.zeros(self.vocab, device=self.device), seen,
+                             logits[b, n - 1].float())
+        return out
 
     def _sample(self, row: _Row) -> int:
         sp, logits = row.params, row.logits.clone()

@@ -128,7 +128,7 @@ def rope_tables(cfg: ModelConfig, length: int, device=None) -> tuple[torch.Tenso
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: (B, H, T, hd); cos/sin: (T, hd) or (B, 1, T, hd)."""
+    """x: (B, T, heads, hd); cos/sin: (T, 1, hd) or (B, T, 1, hd)."""
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return (x * cos + rotated * sin).to(x.dtype)
@@ -217,12 +217,13 @@ class Attention(nn.Module):
         cfg = self.cfg
         B, T, _ = x.shape
         hd = cfg.head_dim
-        q, k, v = self.qkv(x).split([cfg.n_head * hd, cfg.n_kv_head * hd, cfg.n_kv_head * hd], dim=-1)
-        q = q.view(B, T, cfg.n_head, hd).transpose(1, 2)
-        k = k.view(B, T, cfg.n_kv_head, hd).transpose(1, 2)
-        v = v.view(B, T, cfg.n_kv_head, hd).transpose(1, 2)
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        n_qk = cfg.n_head + cfg.n_kv_head
+        qkv = self.qkv(x)
+        qk = qkv[..., :n_qk * hd].view(B, T, n_qk, hd)
+        if rope is not None:  # q and k rotated together: half the elementwise ops (matters when decoding)
+            qk = apply_rope(qk, *rope)
+        q, k = qk[:, :, :cfg.n_head].transpose(1, 2), qk[:, :, cfg.n_head:].transpose(1, 2)
+        v = qkv[..., n_qk * hd:].view(B, T, cfg.n_kv_head, hd).transpose(1, 2)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
             mask, causal = cache.attention_mask()
@@ -258,11 +259,15 @@ class Block(nn.Module):
         super().__init__()
         self.norm1, self.attn = make_norm(cfg), Attention(cfg, layer)
         self.norm2, self.mlp = make_norm(cfg), MLP(cfg)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.dropout = cfg.dropout
+
+    def _drop(self, h: torch.Tensor) -> torch.Tensor:
+        # a plain call, not a module: at p = 0 (inference, most training) it costs nothing per layer
+        return F.dropout(h, self.dropout, True) if self.dropout and self.training else h
 
     def forward(self, x, rope, cache):
-        x = x + self.drop(self.attn(self.norm1(x), rope, cache))
-        return x + self.drop(self.mlp(self.norm2(x)))
+        x = x + self._drop(self.attn(self.norm1(x), rope, cache))
+        return x + self._drop(self.mlp(self.norm2(x)))
 
 
 class GPT(nn.Module):
@@ -316,9 +321,9 @@ class GPT(nn.Module):
         if self.wpe is not None:
             x = x + self.wpe(positions if positions is not None else torch.arange(T, device=idx.device))
         elif positions is not None:
-            rope = (self.rope_cos[positions][:, None], self.rope_sin[positions][:, None])  # (B, 1, T, hd)
+            rope = (self.rope_cos[positions][:, :, None], self.rope_sin[positions][:, :, None])  # (B, T, 1, hd)
         else:
-            rope = (self.rope_cos[:T], self.rope_sin[:T])
+            rope = (self.rope_cos[:T, None], self.rope_sin[:T, None])  # (T, 1, hd)
         x = self.drop(x)
         for block in self.blocks:
             if self.activation_checkpointing and self.training and cache is None:
