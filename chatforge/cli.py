@@ -46,14 +46,20 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                    help="override any model./train. field, e.g. --set model.n_layer=6")
 
 
-def _resolve_preset(args):
-    """Preset with command-line overrides applied; returns (name, preset, model_overrides)."""
+def _preset_name(args) -> str:
+    """--preset, else the preset the run was made with, else tiny."""
     from pathlib import Path
 
-    from chatforge.config import apply_overrides, get_preset, parse_set_args
     from chatforge.run import read_run_info
 
-    name = args.preset or read_run_info(Path(args.run)).get("preset", "tiny")
+    return args.preset or read_run_info(Path(args.run)).get("preset", "tiny")
+
+
+def _resolve_preset(args):
+    """Preset with command-line overrides applied; returns (name, preset, model_overrides)."""
+    from chatforge.config import apply_overrides, get_preset, parse_set_args
+
+    name = _preset_name(args)
     preset = get_preset(name)
     sets = parse_set_args(args.set)
     train_over = dict(sets["train"])
@@ -183,14 +189,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"world written to {folder}")
             print((folder / "stats.json").read_text(encoding="utf-8"))
         elif args.command == "tokenizer":
-            from pathlib import Path
-
             from chatforge.config import get_preset
-            from chatforge.run import read_run_info
             from chatforge.tokenizer import run_tokenizer_stage
 
-            vocab = args.vocab_size if args.vocab_size is not None else get_preset(
-                args.preset or read_run_info(Path(args.run)).get("preset", "tiny")).vocab_size
+            vocab = args.vocab_size if args.vocab_size is not None else get_preset(_preset_name(args)).vocab_size
             stats = run_tokenizer_stage(args.run, vocab, args.data)
             print(json.dumps(stats, indent=2, ensure_ascii=False))
         elif args.command == "data":

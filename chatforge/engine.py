@@ -97,6 +97,7 @@ class _Row:
     seen: torch.Tensor  # bool: token occurs in prompt or output (repetition penalty)
     logits: torch.Tensor | None = None  # next-token logits
     raw_logprobs: torch.Tensor | None = None  # log-softmax of `logits`, when logprobs are asked for
+    stop_ids: frozenset[int] = frozenset()  # engine defaults + the request's own stop tokens
     emitted: int = 0  # characters of text already streamed
     # incremental UTF-8 decoding: holds back the bytes of a character that isn't complete yet
     decoder: codecs.IncrementalDecoder = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
@@ -220,7 +221,8 @@ class Engine:
             seen = torch.zeros(self.vocab, dtype=torch.bool, device=self.device)
             seen[ids[b, :n]] = True
             out[slot] = _Row(index, sp, comp, gen, torch.zeros(self.vocab, device=self.device), seen,
-                             logits[b, n - 1].float())
+                             logits[b, n - 1].float(),
+                             stop_ids=frozenset(self.default_stop_ids) | frozenset(sp.stop_token_ids))
         return out
 
     def _sample(self, row: _Row) -> int:
@@ -254,8 +256,7 @@ class Engine:
             if sp.logprobs:
                 vals, idx = lp.topk(sp.logprobs)
                 out.top_logprobs.append(dict(zip(idx.tolist(), vals.tolist())))
-        stop_ids = set(self.default_stop_ids) | set(sp.stop_token_ids)
-        if tok_id in stop_ids:
+        if tok_id in row.stop_ids:
             return self._finish(row, "stop", [])
         out.token_ids.append(tok_id)
         if not row.simple_greedy:

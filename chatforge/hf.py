@@ -44,18 +44,18 @@ def hf_architecture(cfg: ModelConfig) -> str:
 
 
 # -- our names <-> HF names ----------------------------------------------------------------------------------
+# GPT-2 per-block names (HF -> ours); HF's Conv1D linears store (in, out), the transpose of nn.Linear
+GPT2_NORMS = {"ln_1": "norm1", "ln_2": "norm2"}
+GPT2_LINEARS = {"attn.c_attn": "attn.qkv", "attn.c_proj": "attn.proj", "mlp.c_fc": "mlp.up", "mlp.c_proj": "mlp.down"}
 
 def _to_hf_gpt2(sd: dict, cfg: ModelConfig) -> dict:
     out = {"transformer.wte.weight": sd["wte.weight"], "transformer.wpe.weight": sd["wpe.weight"],
            "transformer.ln_f.weight": sd["norm_f.weight"], "transformer.ln_f.bias": sd["norm_f.bias"]}
     for i in range(cfg.n_layer):
         o, h = f"blocks.{i}.", f"transformer.h.{i}."
-        # HF GPT-2 uses Conv1D: weights stored as (in, out), the transpose of nn.Linear
-        pairs = {"ln_1": "norm1", "ln_2": "norm2"}
-        for hn, on in pairs.items():
+        for hn, on in GPT2_NORMS.items():
             out[h + hn + ".weight"], out[h + hn + ".bias"] = sd[o + on + ".weight"], sd[o + on + ".bias"]
-        for hn, on in {"attn.c_attn": "attn.qkv", "attn.c_proj": "attn.proj", "mlp.c_fc": "mlp.up",
-                       "mlp.c_proj": "mlp.down"}.items():
+        for hn, on in GPT2_LINEARS.items():
             out[h + hn + ".weight"] = sd[o + on + ".weight"].t().contiguous()
             out[h + hn + ".bias"] = sd[o + on + ".bias"]
     return out
@@ -94,10 +94,9 @@ def _from_hf_gpt2(hf: dict, cfg: ModelConfig) -> dict:
           "norm_f.bias": g("ln_f.bias")}
     for i in range(cfg.n_layer):
         o, h = f"blocks.{i}.", f"h.{i}."
-        for hn, on in {"ln_1": "norm1", "ln_2": "norm2"}.items():
+        for hn, on in GPT2_NORMS.items():
             sd[o + on + ".weight"], sd[o + on + ".bias"] = g(h + hn + ".weight"), g(h + hn + ".bias")
-        for hn, on in {"attn.c_attn": "attn.qkv", "attn.c_proj": "attn.proj", "mlp.c_fc": "mlp.up",
-                       "mlp.c_proj": "mlp.down"}.items():
+        for hn, on in GPT2_LINEARS.items():
             sd[o + on + ".weight"] = g(h + hn + ".weight").t().contiguous()
             sd[o + on + ".bias"] = g(h + hn + ".bias")
     return sd

@@ -30,6 +30,11 @@ def stage_dir(run: str | Path, stage: str) -> Path:
     return Path(run) / STAGE_DIRS.get(stage, stage)
 
 
+def text_sources(run: str | Path, data: list[str] | None) -> list[str]:
+    """The text the tokenizer and data stages read: the user's files, else the world's raw documents."""
+    return data or [str(stage_dir(run, "world") / "raw")]
+
+
 def read_json(path: Path, what: str = "file") -> dict:
     """Parse a JSON object from `path`, naming the file and the fix when it is damaged."""
     try:

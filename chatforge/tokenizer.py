@@ -223,11 +223,11 @@ def run_tokenizer_stage(run: str | Path, vocab_size: int, data: list[str] | None
     """Train on the run's text (world/raw unless `data` is given), save to <run>/tokenizer, and report
     characters per token on held-out documents (every `heldout_every`-th, the ones the data stage puts
     in validation), separately for Chinese and English."""
-    from chatforge.run import mark_complete, require_run, stage_dir
+    from chatforge.run import mark_complete, require_run, stage_dir, text_sources
     from chatforge.textio import iter_documents
 
     run = require_run(run)
-    sources = data or [str(stage_dir(run, "world") / "raw")]
+    sources = text_sources(run, data)
     heldout: list[str] = []
 
     def training_texts() -> Iterable[str]:

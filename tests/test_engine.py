@@ -9,7 +9,7 @@ import torch
 from chatforge import ChatforgeError
 from chatforge.engine import Engine, SamplingParams
 from chatforge.model import GPT, ModelConfig
-from chatforge.tokenizer import Tokenizer
+from chatforge.tokenizer import Tokenizer, byte_level_alphabet
 
 
 @pytest.fixture(scope="module")
@@ -87,19 +87,6 @@ def test_batched_and_continuous_batching_equal_one_at_a_time(model, tok):
     assert batched == single and continuous == single
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """The GPT-2 byte-level alphabet: byte value -> the printable character standing for it."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
 class ScriptedModel(GPT):
     """A GPT whose next token is dictated by a script (to drive the engine through exact byte sequences)."""
 
@@ -118,7 +105,7 @@ class ScriptedModel(GPT):
 
 
 def _scripted(tok, text: str) -> ScriptedModel:
-    b2u = _bytes_to_unicode()
+    b2u = byte_level_alphabet()
     script = [tok.hf.token_to_id(b2u[b]) for b in text.encode("utf-8")] + [tok.eos_id]  # one byte per token
     assert None not in script
     cfg = ModelConfig.preset_style("llama", vocab_size=tok.vocab_size, n_layer=1, d_model=32, n_head=2, max_seq_len=96)

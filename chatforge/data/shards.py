@@ -145,12 +145,12 @@ def data_settings(data: list[str] | None, val_every: int, tok: Tokenizer) -> dic
 
 def run_data_stage(run: str | Path, data: list[str] | None = None, val_every: int = 50) -> dict:
     """<run>/world/raw (or `data`) -> <run>/data shards with the run's tokenizer."""
-    from chatforge.run import mark_complete, require_run, stage_dir
+    from chatforge.run import mark_complete, require_run, stage_dir, text_sources
     from chatforge.textio import iter_documents
 
     run = require_run(run)
     tok = Tokenizer.load(stage_dir(run, "tokenizer"))
-    sources = data or [str(stage_dir(run, "world") / "raw")]
+    sources = text_sources(run, data)
     out = stage_dir(run, "data")
     meta = write_shards((d["text"] for d in iter_documents(sources)), tok, out, val_every=val_every)
     mark_complete(out, settings=data_settings(data, val_every, tok), stage="data", tokens=meta["tokens"])
