@@ -208,7 +208,7 @@ class Engine:
         rows = torch.tensor(slots, device=self.device)
         cache.reset(slots)
         logits, _ = self.model(ids, cache=cache, rows=rows)
-        cache.lengths[rows] = torch.tensor([len(b[2]) for b in batch], device=self.device)
+        cache.set_lengths(slots, [len(b[2]) for b in batch])
         out: dict[int, _Row] = {}
         for b, (slot, index, prompt, sp) in enumerate(batch):
             n = len(prompt)

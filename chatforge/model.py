@@ -148,33 +148,44 @@ class KVCache:
         shape = (cfg.n_layer, batch_size, cfg.n_kv_head, self.max_len, cfg.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.device = self.k.device
+        # lengths as Python ints, not a tensor: the per-step bookkeeping reads them, so a decode step never
+        # waits on a tensor -> int conversion (a device sync on GPU) and costs no extra tensor ops
+        self._lens = [0] * batch_size
         self._step: dict = {}
+
+    @property
+    def lengths(self) -> list[int]:
+        return list(self._lens)
 
     @property
     def length(self) -> int:
         """Cached positions of the longest row (all rows, when they are filled together)."""
-        return int(self.lengths.max())
+        return max(self._lens)
 
     def begin(self, T: int, rows: torch.Tensor | None) -> torch.Tensor:
-        """Set up one forward of T new tokens per row; returns their positions (B, T)."""
-        n = self.lengths.shape[0]
+        """Set up one forward of T new tokens per row; returns their positions: (B, T), or (T,) when every row
+        is at the same length (then they broadcast, and RoPE tables are read by a slice)."""
+        n = len(self._lens)
         all_rows = rows is None
-        rows = torch.arange(n, device=self.lengths.device) if rows is None else rows
-        start = self.lengths[rows]
-        positions = start[:, None] + torch.arange(T, device=start.device)
-        lo, hi = int(start.min()), int(positions.max()) + 1
+        row_list = list(range(n)) if all_rows else rows.tolist()
+        starts = [self._lens[r] for r in row_list]
+        lo, hi = min(starts), max(starts) + T
         if hi > self.max_len:
             raise ChatforgeError(f"sequence of {hi} tokens exceeds the context of {self.max_len}")
+        dev = self.device
         # fast path (all rows, same length): plain slices and the cheapest mask
-        uniform = all_rows and lo == int(start.max())
+        uniform = all_rows and lo == hi - T
         if uniform:
+            positions = torch.arange(lo, hi, device=dev)  # (T,): broadcasts over rows
             mask = None if T == 1 or lo == 0 else \
-                torch.ones(T, hi, dtype=torch.bool, device=start.device).tril(diagonal=hi - T)
+                torch.ones(T, hi, dtype=torch.bool, device=dev).tril(diagonal=hi - T)
         else:  # key j is visible to the query at position p iff j <= p (and j was written for this row)
-            mask = (torch.arange(hi, device=start.device)[None, None, :] <= positions[:, :, None])[:, None]
-        self._step = {"rows": rows, "positions": positions, "start": lo, "end": hi, "T": T, "all_rows": all_rows,
-                      "uniform": uniform, "mask": mask, "causal": uniform and lo == 0 and T > 1}
+            positions = torch.tensor(starts, device=dev)[:, None] + torch.arange(T, device=dev)
+            mask = (torch.arange(hi, device=dev)[None, None, :] <= positions[:, :, None])[:, None]
+            rows = torch.arange(n, device=dev) if all_rows else rows
+        self._step = {"rows": rows, "row_list": row_list, "positions": positions, "start": lo, "end": hi, "T": T,
+                      "all_rows": all_rows, "uniform": uniform, "mask": mask, "causal": uniform and lo == 0 and T > 1}
         return positions
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -195,14 +206,17 @@ class KVCache:
         return self._step["mask"], self._step["causal"]
 
     def finish(self) -> None:
-        self.lengths[self._step["rows"]] += self._step["T"]
+        self.set_lengths(self._step["row_list"], [self._lens[r] + self._step["T"] for r in self._step["row_list"]])
         self._step = {}
 
+    def set_lengths(self, rows: list[int], lengths: list[int]) -> None:
+        """Declare how many positions of each row are real (the engine's prefill pads rows to one width)."""
+        for r, n in zip(rows, lengths):
+            self._lens[r] = n
+
     def reset(self, rows: torch.Tensor | list[int] | None = None) -> None:
-        if rows is None:
-            self.lengths.zero_()
-        else:
-            self.lengths[torch.as_tensor(rows, device=self.lengths.device)] = 0
+        rows = list(range(len(self._lens))) if rows is None else torch.as_tensor(rows).tolist()
+        self.set_lengths(rows, [0] * len(rows))
 
 
 class Attention(nn.Module):
@@ -320,6 +334,9 @@ class GPT(nn.Module):
         rope = None
         if self.wpe is not None:
             x = x + self.wpe(positions if positions is not None else torch.arange(T, device=idx.device))
+        elif positions is not None and positions.dim() == 1:
+            lo, hi = cache._step["start"], cache._step["end"]
+            rope = (self.rope_cos[lo:hi, None], self.rope_sin[lo:hi, None])  # (T, 1, hd)
         elif positions is not None:
             rope = (self.rope_cos[positions][:, :, None], self.rope_sin[positions][:, :, None])  # (B, T, 1, hd)
         else:

@@ -95,7 +95,7 @@ class ScriptedModel(GPT):
         self.script = script
 
     def forward(self, idx, targets=None, cache=None, return_hidden=False, rows=None):
-        pos = cache.begin(idx.shape[1], rows)
+        pos = cache.begin(idx.shape[1], rows).expand(idx.shape[0], idx.shape[1])  # (T,) when rows are level
         cache.finish()
         logits = torch.full((idx.shape[0], idx.shape[1], self.cfg.vocab_size), -1e4)
         for b in range(idx.shape[0]):
