@@ -4,7 +4,7 @@
 
 For each shape: builds our model (random init), exports it with chatforge.hf to a temporary HF folder and
 loads it with transformers, then times greedy generation of `--new-tokens` tokens
-- batch 1: ours (Engine.generate) vs HF (model.generate, do_sample=False, use_cache=True);
+- batch 1: ours (Engine.generate; on CUDA with its default CUDA-graph decode, and also without) vs HF (model.generate, do_sample=False, use_cache=True);
 - batch 16: ours (one batched Engine.generate call over 16 prompts) vs HF (left-padded batch).
 Prints tokens/s, the ratio ours/HF at batch 1, and our batch-16 aggregate vs our batch 1. On CUDA it also
 prints the fraction of the memory-bandwidth bound at batch 1: weights bytes read per token x tokens/s
@@ -73,13 +73,17 @@ def bench(shape: str, args, device: torch.device) -> dict:
     prompts = [torch.randint(10, 2000, (int(torch.randint(8, 24, (1,), generator=gen)),), generator=gen).tolist()
                for _ in range(16)]
     # stop only on length, for both, so both produce exactly n tokens per row
-    eng = Engine(model, tok, max_batch=16)
+    engines = {"ours": Engine(model, tok, max_batch=16)}  # default mode: CUDA graphs on GPU, dynamic on CPU
+    if device.type == "cuda":
+        engines["ours_eager"] = Engine(model, tok, max_batch=16, decode_mode="dynamic")
     sp = SamplingParams(max_tokens=n, temperature=0.0)
-    eng.default_stop_ids = ()
+    for e in engines.values():
+        e.default_stop_ids = ()
 
-    def ours(batch):
-        out = eng.generate(prompts[:batch], sp)
+    def run_ours(who, batch):
+        out = engines[who].generate(prompts[:batch], sp)
         assert all(len(c.token_ids) == n for c in out)
+        return [c.token_ids for c in out]
 
     def theirs(batch):
         ps = prompts[:batch]
@@ -89,14 +93,18 @@ def bench(shape: str, args, device: torch.device) -> dict:
         hf.generate(ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False, use_cache=True,
                     pad_token_id=0, eos_token_id=None)
 
+    agree = None
     with torch.no_grad():
-        for b in (1, 16):  # warmup
-            ours(b)
+        for b in (1, 16):  # warmup (and CUDA-graph recording)
+            outs = [run_ours(who, b) for who in engines]
             theirs(b)
-        times = {(who, b): [] for who in ("ours", "hf") for b in (1, 16)}
+        if len(outs) == 2:  # graph vs eager greedy tokens (bf16: masked full-cache attention may round differently)
+            agree = sum(x == y for a, b_ in zip(*outs) for x, y in zip(a, b_)) / (16 * n)
+        times = {(who, b): [] for who in (*engines, "hf") for b in (1, 16)}
         for _ in range(args.repeats):
             for b in (1, 16):
-                times[("ours", b)].append(_time(lambda b=b: ours(b), sync))
+                for who in engines:
+                    times[(who, b)].append(_time(lambda b=b, who=who: run_ours(who, b), sync))
                 times[("hf", b)].append(_time(lambda b=b: theirs(b), sync))
     tps = {f"{who}_b{b}": b * n / statistics.median(t) for (who, b), t in times.items()}
     res = {"shape": shape, "device": str(device), "new_tokens": n, "dtype": str(dtype).removeprefix("torch."),
@@ -104,6 +112,8 @@ def bench(shape: str, args, device: torch.device) -> dict:
            "ratio_b1_ours_vs_hf": tps["ours_b1"] / tps["hf_b1"],
            "ratio_b16_ours_vs_hf": tps["ours_b16"] / tps["hf_b16"],
            "ratio_ours_b16_vs_b1": tps["ours_b16"] / tps["ours_b1"]}
+    if agree is not None:
+        res["graph_vs_eager_token_agreement"] = agree
     if device.type == "cuda":
         bw = next((v for k, v in BANDWIDTH.items() if k in torch.cuda.get_device_name(device)), None)
         weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -114,6 +124,9 @@ def bench(shape: str, args, device: torch.device) -> dict:
           f"ratio {res['ratio_b1_ours_vs_hf']:.2f}x")
     print(f"   batch 16: ours {tps['ours_b16']:>10,.1f} tok/s   HF {tps['hf_b16']:>10,.1f} tok/s   "
           f"ratio {res['ratio_b16_ours_vs_hf']:.2f}x;  ours b16/b1 {res['ratio_ours_b16_vs_b1']:.1f}x")
+    if "ours_eager_b1" in tps:
+        print(f"   without CUDA graphs: batch 1 {tps['ours_eager_b1']:,.1f} tok/s, batch 16 {tps['ours_eager_b16']:,.1f}"
+              f" tok/s; greedy tokens equal to the graph run: {100 * agree:.1f}%")
     if "bandwidth_fraction_b1" in res:
         print(f"   batch 1 reads the weights at {100 * res['bandwidth_fraction_b1']:.1f}% of the memory bandwidth")
     return res

@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="re-run stages even if complete")
     p.add_argument("--data", nargs="+", default=None, help="your own .jsonl/.txt corpus instead of the world")
     p.add_argument("--world-seed", type=int, default=0)
+    p.add_argument("--init-from", default=None, metavar="HF_DIR",
+                   help="start from a local HF checkpoint (its tokenizer and weights) instead of from scratch")
 
     p = sub.add_parser("world", help="generate the built-in bilingual world")
     _add_run(p)
@@ -105,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain", help="generative pre-training on the token shards")
     _add_run(p)
     _add_train_flags(p)
+    p.add_argument("--init-from", default=None, metavar="HF_DIR",
+                   help="continue pre-training a local HF checkpoint (the run's data must use its tokenizer)")
     p.add_argument("--force", action="store_true", help="discard an existing checkpoint and start over")
 
     p = sub.add_parser("eval", help="score a model stage on the world's held-out capability suite")
@@ -175,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
 
             name, preset, model_over = _resolve_preset(args)
             run_pipeline(args.run, name, preset, until=args.until, force=args.force, data=args.data,
-                         model_overrides=model_over, seed=args.world_seed)
+                         model_overrides=model_over, seed=args.world_seed, init_from=args.init_from)
             from chatforge.run import stage_dir
 
             base = stage_dir(args.run, "pretrain")
@@ -205,7 +209,12 @@ def main(argv: list[str] | None = None) -> int:
             from chatforge.train.pretrain import run_pretrain
 
             _, preset, model_over = _resolve_preset(args)
-            summary = run_pretrain(args.run, preset.model, preset.train, model_over, fresh=args.force)
+            if args.init_from:
+                from chatforge.init_from import ensure_imported
+
+                ensure_imported(args.run, args.init_from)
+            summary = run_pretrain(args.run, preset.model, preset.train, model_over, fresh=args.force,
+                                   init_from=bool(args.init_from))
             if is_main_process():
                 print(f"pretrain done: step {summary['step']}, loss {summary.get('train/loss', float('nan')):.4f}, "
                       f"val loss {summary.get('val/loss', float('nan')):.4f} -> {summary['model_dir']}")

@@ -123,10 +123,23 @@ def _safe_prefix_len(text: str, stops: list[str]) -> int:
     return end - hold
 
 
+DECODE_MODES = ("dynamic", "static", "graph")
+
+
 class Engine:
-    def __init__(self, model: GPT, tokenizer: Tokenizer, max_batch: int = 16):
+    """`decode_mode`: "dynamic" steps only the active rows and attends to the filled part of the cache (best
+    on CPU); "static" steps all rows with fixed shapes; "graph" records that static step once as a CUDA graph
+    and replays it (GPU: one launch per token instead of hundreds). Default: graph on CUDA, else dynamic."""
+
+    def __init__(self, model: GPT, tokenizer: Tokenizer, max_batch: int = 16, decode_mode: str | None = None):
         self.model, self.tok, self.max_batch = model.eval(), tokenizer, max_batch
         self.device = next(model.parameters()).device
+        self.decode_mode = decode_mode or ("graph" if self.device.type == "cuda" else "dynamic")
+        if self.decode_mode not in DECODE_MODES:
+            raise ChatforgeError(f"decode_mode must be one of {DECODE_MODES}, not {self.decode_mode!r}")
+        if self.decode_mode == "graph" and self.device.type != "cuda":
+            raise ChatforgeError("decode_mode 'graph' needs a CUDA device")
+        self._graphs: dict[int, tuple] = {}  # rows -> (cache, graph, ids buffer, logits buffer)
         self.dtype = next(model.parameters()).dtype
         self.vocab = model.cfg.vocab_size
         self.default_stop_ids = (tokenizer.eos_id, tokenizer.end_id)
@@ -157,7 +170,12 @@ class Engine:
             if max(p) >= self.vocab or min(p) < 0:
                 raise ChatforgeError(f"prompt {i} has a token id outside the vocabulary (0..{self.vocab - 1})")
         n_rows = max(1, min(self.max_batch, len(prompts)))
-        cache = KVCache(self.model.cfg, n_rows, device=self.device, dtype=self.dtype)
+        static = self.decode_mode != "dynamic"
+        if self.decode_mode == "graph":  # the recorded graph reads and writes this very cache: keep it
+            cache = self._graph_for(n_rows)[0]
+            cache.reset()
+        else:
+            cache = KVCache(self.model.cfg, n_rows, device=self.device, dtype=self.dtype, static=static)
         waiting = list(range(len(prompts)))
         free = list(range(n_rows))
         active: dict[int, _Row] = {}  # cache row -> request state
@@ -183,12 +201,49 @@ class Engine:
             if not active:
                 continue
             slots = sorted(active)
+            if static:  # every row steps; free rows are parked at position 0 (overwritten when they are reused)
+                last_ids = [active[s].out.token_ids[-1] if s in active else 0 for s in range(n_rows)]
+                cache.set_lengths(free, [0] * len(free))
+                last = self._static_step(cache, torch.tensor(last_ids, device=self.device)[:, None])
+                for s in slots:
+                    active[s].logits = last[s]
+                continue
             ids = torch.tensor([[active[s].out.token_ids[-1]] for s in slots], device=self.device)
             rows = None if slots == list(range(n_rows)) else torch.tensor(slots, device=self.device)
             logits, _ = self.model(ids, cache=cache, rows=rows)
             last = logits[:, -1].float()
             for b, s in enumerate(slots):
                 active[s].logits = last[b]
+
+    def _static_step(self, cache: KVCache, ids: torch.Tensor) -> torch.Tensor:
+        """One token for every row, shape-static; replayed from a CUDA graph in graph mode. -> (rows, V) fp32."""
+        cache.sync_positions()
+        if self.decode_mode != "graph":
+            return self.model(ids, cache=cache)[0][:, -1].float()
+        _, graph, ids_buf, logits_buf = self._graph_for(ids.shape[0])
+        ids_buf.copy_(ids)
+        graph.replay()
+        cache.advance()
+        return logits_buf[:, -1].float().clone()  # the buffer is overwritten by the next replay
+
+    def _graph_for(self, n_rows: int) -> tuple:
+        """The recorded decode step for `n_rows` rows (recorded on first use, with its own static cache)."""
+        if n_rows not in self._graphs:
+            cache = KVCache(self.model.cfg, n_rows, device=self.device, dtype=self.dtype, static=True)
+            ids = torch.zeros(n_rows, 1, dtype=torch.long, device=self.device)
+            cache.sync_positions()
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):  # warm-up off the main stream, as graph capture requires
+                for _ in range(2):
+                    self.model(ids, cache=cache)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                logits, _ = self.model(ids, cache=cache)
+            cache.reset()
+            self._graphs[n_rows] = (cache, graph, ids, logits)
+        return self._graphs[n_rows]
 
     def _batched_greedy(self, active: dict[int, _Row]) -> dict[int, int]:
         """Argmax for all plain-greedy rows in one op (the common eval / benchmark case)."""

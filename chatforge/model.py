@@ -140,10 +140,15 @@ class KVCache:
     while other rows are mid-generation: continuous batching).
 
     `GPT.forward(ids, cache=cache, rows=r)` appends ids[b] to cache row r[b] (all rows when `rows` is None).
+
+    `static=True` makes one-token steps over all rows shape-static: positions come from a device tensor
+    (`positions_buf`, which `sync_positions()` fills from the lengths) and attention always spans the whole
+    cache under a mask. Every tensor then has the same shape and address at every step, so the step can be
+    recorded once as a CUDA graph and replayed (the engine's GPU decode: no per-kernel launch cost).
     """
 
     def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int | None = None,
-                 device=None, dtype=torch.float32):
+                 device=None, dtype=torch.float32, static: bool = False):
         self.max_len = min(max_len or cfg.max_seq_len, cfg.max_seq_len)
         shape = (cfg.n_layer, batch_size, cfg.n_kv_head, self.max_len, cfg.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
@@ -153,6 +158,15 @@ class KVCache:
         # waits on a tensor -> int conversion (a device sync on GPU) and costs no extra tensor ops
         self._lens = [0] * batch_size
         self._step: dict = {}
+        self.static = static
+        if static:
+            self.positions_buf = torch.zeros(batch_size, 1, dtype=torch.long, device=self.device)
+            self._key_index = torch.arange(self.max_len, device=self.device)
+            self._all_rows = torch.arange(batch_size, device=self.device)
+
+    def sync_positions(self) -> None:
+        """Static mode: copy the rows' lengths (= the next token's positions) into the device buffer."""
+        self.positions_buf.copy_(torch.tensor(self._lens, device="cpu")[:, None], non_blocking=False)
 
     @property
     def lengths(self) -> list[int]:
@@ -168,6 +182,8 @@ class KVCache:
         is at the same length (then they broadcast, and RoPE tables are read by a slice)."""
         n = len(self._lens)
         all_rows = rows is None
+        if self.static and all_rows and T == 1:
+            return self._begin_static(n)
         row_list = list(range(n)) if all_rows else rows.tolist()
         starts = [self._lens[r] for r in row_list]
         lo, hi = min(starts), max(starts) + T
@@ -188,8 +204,22 @@ class KVCache:
                       "all_rows": all_rows, "uniform": uniform, "mask": mask, "causal": uniform and lo == 0 and T > 1}
         return positions
 
+    def _begin_static(self, n: int) -> torch.Tensor:
+        if max(self._lens) >= self.max_len:
+            raise ChatforgeError(f"sequence of {max(self._lens) + 1} tokens exceeds the context of {self.max_len}")
+        pos = self.positions_buf  # (B, 1), filled by sync_positions() before the step (or a graph replay)
+        mask = (self._key_index[None, :] <= pos)[:, None, None, :]  # (B, 1, 1, max_len)
+        self._step = {"row_list": list(range(n)), "positions": pos, "T": 1, "static": True, "uniform": False,
+                      "mask": mask, "causal": False}
+        return pos
+
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         st = self._step
+        if st.get("static"):  # one token per row, written at each row's own position; attend to the whole cache
+            pos = st["positions"][:, 0]
+            self.k[layer][self._all_rows, :, pos] = k[:, :, 0]
+            self.v[layer][self._all_rows, :, pos] = v[:, :, 0]
+            return self.k[layer], self.v[layer]
         if st["uniform"]:
             self.k[layer, :, :, st["start"]:st["end"]] = k
             self.v[layer, :, :, st["start"]:st["end"]] = v
@@ -208,6 +238,10 @@ class KVCache:
     def finish(self) -> None:
         self.set_lengths(self._step["row_list"], [self._lens[r] + self._step["T"] for r in self._step["row_list"]])
         self._step = {}
+
+    def advance(self) -> None:
+        """Every row one position further (what a replayed static step did on the device)."""
+        self._lens = [n + 1 for n in self._lens]
 
     def set_lengths(self, rows: list[int], lengths: list[int]) -> None:
         """Declare how many positions of each row are real (the engine's prefill pads rows to one width)."""

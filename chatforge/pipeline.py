@@ -1,6 +1,7 @@
 """The main job: run every stage that exists, in order, skipping the ones already complete.
 
     chatforge pipeline --run runs/demo --preset tiny [--until pretrain] [--force] [--max-steps N]
+    chatforge pipeline --run runs/qwen --init-from /models/Qwen2-0.5B --data corpus.jsonl   # from a checkpoint
 
 Stages: world -> tokenizer -> data -> pretrain -> eval (SFT, RM, PPO/DPO are added by later stages).
 The tokenizer is trained before the token shards are written (the shards need its ids); the
@@ -21,6 +22,8 @@ STAGES = ["world", "tokenizer", "data", "pretrain", "eval"]
 
 def _brief(stage: str, result) -> str:
     """One-line summary of what a stage produced, for the progress log."""
+    if stage == "tokenizer" and "chars_per_token" not in result:
+        return f" (imported with the model: vocab {result['vocab_size']})"
     if stage == "tokenizer":
         cpt = result["chars_per_token"]
         return f" (vocab {result['vocab_size']}, chars/token: " + ", ".join(f"{k} {v}" for k, v in cpt.items()) + ")"
@@ -35,12 +38,14 @@ def _brief(stage: str, result) -> str:
 
 def run_pipeline(run: str | Path, preset_name: str, preset: Preset, until: str | None = None,
                  force: bool = False, data: list[str] | None = None, model_overrides: dict | None = None,
-                 seed: int = 0) -> dict:
+                 seed: int = 0, init_from: str | None = None) -> dict:
     """Run the stages in order. A complete stage is skipped when it was made with the settings asked for
     now; if they differ, stop with the difference (nothing is overwritten) unless `force`. Once a stage
-    runs, every later stage is rebuilt from scratch, since its inputs changed."""
+    runs, every later stage is rebuilt from scratch, since its inputs changed. `init_from` (a local HF
+    folder): its tokenizer replaces the trained one and pre-training continues from its weights."""
     from chatforge.data.shards import data_settings, run_data_stage
     from chatforge.eval.suite import run_eval_stage
+    from chatforge.init_from import import_into_run, init_settings
     from chatforge.tokenizer import Tokenizer, run_tokenizer_stage, tokenizer_settings
     from chatforge.train.pretrain import plan_pretrain, run_pretrain
     from chatforge.world import generate_world, world_settings
@@ -52,17 +57,19 @@ def run_pipeline(run: str | Path, preset_name: str, preset: Preset, until: str |
     val_every = 50
     settings = {
         "world": lambda: world_settings(seed, preset.world_size),
-        "tokenizer": lambda: tokenizer_settings(preset.vocab_size, data),
+        "tokenizer": lambda: init_settings(init_from) if init_from else tokenizer_settings(preset.vocab_size, data),
         "data": lambda: data_settings(data, val_every, Tokenizer.load(stage_dir(run, "tokenizer"))),
-        "pretrain": lambda: plan_pretrain(run, preset.model, preset.train, model_overrides)[1],
+        "pretrain": lambda: plan_pretrain(run, preset.model, preset.train, model_overrides, bool(init_from))[1],
         "eval": lambda: {"stages": ["base"]},
     }
     redo = force
     actions = {
         "world": lambda: str(generate_world(run, seed=seed, size=preset.world_size)),
-        "tokenizer": lambda: run_tokenizer_stage(run, preset.vocab_size, data),
+        "tokenizer": lambda: import_into_run(run, init_from) if init_from else
+        run_tokenizer_stage(run, preset.vocab_size, data),
         "data": lambda: run_data_stage(run, data, val_every)["tokens"],
-        "pretrain": lambda: run_pretrain(run, preset.model, preset.train, model_overrides, fresh=redo),
+        "pretrain": lambda: run_pretrain(run, preset.model, preset.train, model_overrides, fresh=redo,
+                                         init_from=bool(init_from)),
         "eval": lambda: run_eval_stage(run, ["base"]),
     }
     results: dict = {}

@@ -24,6 +24,7 @@ Design choices:
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -103,8 +104,14 @@ class Tokenizer:
             table = [b""] * self.vocab_size
             special = set(self.special_ids.values())
             for piece, i in self.hf.get_vocab(with_added_tokens=True).items():
-                if i not in special:
+                if i in special:
+                    continue
+                if all(c in to_byte for c in piece):  # byte-level BPE (ours, GPT-2, Qwen2)
                     table[i] = bytes(to_byte[c] for c in piece)
+                elif (m := re.fullmatch(r"<0x([0-9A-Fa-f]{2})>", piece)):  # SentencePiece byte fallback
+                    table[i] = bytes([int(m.group(1), 16)])
+                else:  # SentencePiece piece (Llama): "▁" marks a space
+                    table[i] = piece.replace("\u2581", " ").encode()
             self._token_bytes = table
         return self._token_bytes
 

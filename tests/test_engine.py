@@ -85,6 +85,23 @@ def test_batched_and_continuous_batching_equal_one_at_a_time(model, tok):
     batched = [c.token_ids for c in Engine(model, tok, max_batch=4).generate(prompts, params)]
     continuous = [c.token_ids for c in Engine(model, tok, max_batch=2).generate(prompts, params)]  # rows reused
     assert batched == single and continuous == single
+    # the shape-static step (what a CUDA graph records) gives the same tokens, rows reused included
+    static = [c.token_ids for c in Engine(model, tok, max_batch=2, decode_mode="static").generate(prompts, params)]
+    assert static == single
+
+
+def test_static_decode_logprobs_equal_dynamic(model, tok):
+    prompts = _prompts(tok)
+    sp = SamplingParams(max_tokens=12, temperature=0.0, logprobs=0, stop_token_ids=[])
+    dyn = Engine(model, tok, max_batch=3).generate(prompts, sp)
+    sta = Engine(model, tok, max_batch=3, decode_mode="static").generate(prompts, sp)
+    for a, b in zip(dyn, sta):
+        assert a.token_ids == b.token_ids
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+    with pytest.raises(ChatforgeError, match="decode_mode"):
+        Engine(model, tok, decode_mode="fast")
+    with pytest.raises(ChatforgeError, match="CUDA"):
+        Engine(model, tok, decode_mode="graph")
 
 
 class ScriptedModel(GPT):

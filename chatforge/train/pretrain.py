@@ -68,11 +68,13 @@ class PretrainTask:
         return out
 
 
-def model_config_for(preset_model: ModelConfig, tok: Tokenizer, seq_len: int, overrides: dict) -> ModelConfig:
-    """Preset shape + overrides; vocab sized to the tokenizer (rounded up to 64 for matmul efficiency)."""
+def model_config_for(preset_model: ModelConfig, tok: Tokenizer, seq_len: int, overrides: dict,
+                     keep_vocab: bool = False) -> ModelConfig:
+    """Preset shape + overrides; vocab sized to the tokenizer (rounded up to 64 for matmul efficiency),
+    unless `keep_vocab` (an imported model keeps its own, already large enough)."""
     cfg = apply_overrides(preset_model, overrides, "model")
     need = -(-tok.vocab_size // 64) * 64
-    if "vocab_size" not in overrides:
+    if "vocab_size" not in overrides and not keep_vocab:
         cfg = apply_overrides(cfg, {"vocab_size": need}, "model")
     elif cfg.vocab_size < tok.vocab_size:
         raise ChatforgeError(f"model.vocab_size={cfg.vocab_size} < tokenizer vocab {tok.vocab_size}")
@@ -82,27 +84,36 @@ def model_config_for(preset_model: ModelConfig, tok: Tokenizer, seq_len: int, ov
 
 
 def plan_pretrain(run: Path, model_cfg_base: ModelConfig, tcfg: TrainConfig,
-                  model_overrides: dict | None = None) -> tuple[ModelConfig, dict]:
+                  model_overrides: dict | None = None, init_from: bool = False) -> tuple[ModelConfig, dict]:
     """Validate the inputs and return (model config, identity): what the stage would train and the
-    settings + input fingerprints recorded in its checkpoint and stage.json."""
+    settings + input fingerprints recorded in its checkpoint and stage.json. With `init_from`, the shape
+    is the imported model's (<run>/init, see init_from.py), not the preset's."""
     tok_dir, data_dir = stage_dir(run, "tokenizer"), stage_dir(run, "data")
     tok = Tokenizer.load(tok_dir)
     meta = read_meta(data_dir)
     if meta.get("tokenizer_sha256") != tok.fingerprint():
         raise ChatforgeError(f"{data_dir} was tokenised with a different tokenizer than {tok_dir} "
                              f"(re-trained since?); re-run `chatforge data --run {run}`")
-    mcfg = model_config_for(model_cfg_base, tok, tcfg.seq_len, model_overrides or {})
+    if init_from:
+        from chatforge.init_from import init_model_config, init_settings_of_run
+
+        mcfg = model_config_for(init_model_config(run), tok, tcfg.seq_len, model_overrides or {}, keep_vocab=True)
+    else:
+        mcfg = model_config_for(model_cfg_base, tok, tcfg.seq_len, model_overrides or {})
     identity = {"model": mcfg.to_dict(), "tokenizer_sha256": tok.fingerprint(),
                 "data_tokens": meta["tokens"], "train": loop.run_identity(tcfg, 1)}
+    if init_from:
+        identity["init"] = init_settings_of_run(run)
     return mcfg, identity
 
 
 def run_pretrain(run: str | Path, model_cfg_base: ModelConfig, tcfg: TrainConfig,
-                 model_overrides: dict | None = None, fresh: bool = False) -> dict:
-    """Train (or resume) <run>/base. `fresh` discards an existing checkpoint and starts over."""
+                 model_overrides: dict | None = None, fresh: bool = False, init_from: bool = False) -> dict:
+    """Train (or resume) <run>/base. `fresh` discards an existing checkpoint and starts over. `init_from`:
+    start from the imported weights in <run>/init (continued pre-training) instead of a random init."""
     run = require_run(run)
     tok_dir, data_dir, out = stage_dir(run, "tokenizer"), stage_dir(run, "data"), stage_dir(run, "pretrain")
-    mcfg, identity = plan_pretrain(run, model_cfg_base, tcfg, model_overrides)
+    mcfg, identity = plan_pretrain(run, model_cfg_base, tcfg, model_overrides, init_from)
     identity.pop("train")  # the loop adds the train settings for the actual world size
     task = PretrainTask(data_dir, tcfg.seq_len, tcfg.seed)
 
@@ -119,7 +130,15 @@ def run_pretrain(run: str | Path, model_cfg_base: ModelConfig, tcfg: TrainConfig
         (out / "stage.json").unlink(missing_ok=True)
         atomic_write_text(out / "train_config.json", json.dumps(asdict(tcfg), indent=2))
         atomic_write_text(out / "config.json", json.dumps(mcfg.to_dict(), indent=2))
-    summary = loop.train(out, lambda: GPT(mcfg), tcfg, task, desc="pretrain", on_finish=finish,
+    def make_model() -> GPT:
+        model = GPT(mcfg)
+        if init_from:
+            from chatforge.init_from import load_init_weights
+
+            load_init_weights(run, model)
+        return model
+
+    summary = loop.train(out, make_model, tcfg, task, desc="pretrain", on_finish=finish,
                          identity=identity, fresh=fresh)
     summary["model_dir"] = str(out)
     return summary
