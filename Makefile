@@ -23,10 +23,10 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/chatforge pipeline --run $(RUN) --preset $(PRESET)
 	@echo ""
-	@echo "Talk to the model:   $(VENV)/bin/chatforge chat --run $(RUN) --stage base"
-	@echo "Continue a text:     $(VENV)/bin/chatforge sample --run $(RUN) --stage base --interactive"
-	@echo "Use it from Python:  $(VENV)/bin/chatforge export --run $(RUN) --stage base --out exported/demo-base"
-	@if [ -t 0 ]; then $(VENV)/bin/chatforge chat --run $(RUN) --stage base; fi
+	@echo "Talk to the assistant:  $(VENV)/bin/chatforge chat --run $(RUN)            (the SFT model; --stage base for the raw one)"
+	@echo "Continue a text:        $(VENV)/bin/chatforge sample --run $(RUN) --stage base --interactive"
+	@echo "Use it from Python:     $(VENV)/bin/chatforge export --run $(RUN) --stage sft --out exported/demo-sft"
+	@if [ -t 0 ]; then $(VENV)/bin/chatforge chat --run $(RUN) --stage sft; fi
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -43,7 +43,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--activation-checkpointing", dest="train_activation_checkpointing", action="store_const",
                    const=True, default=None, help="recompute activations in backward to save memory")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                   help="override any model./train. field, e.g. --set model.n_layer=6")
+                   help="override any model./train./sft. field, e.g. --set model.n_layer=6 --set sft.max_steps=100")
 
 
 def _preset_name(args) -> str:
@@ -55,19 +55,49 @@ def _preset_name(args) -> str:
     return args.preset or read_run_info(Path(args.run)).get("preset", "tiny")
 
 
-def _resolve_preset(args):
-    """Preset with command-line overrides applied; returns (name, preset, model_overrides)."""
+def _resolve_preset(args, command: str = "pretrain"):
+    """Preset with command-line overrides applied; returns (name, preset, model_overrides).
+
+    Flags like --max-steps and `--set train.X=` set the training settings of the command's own stage
+    (pre-training for `pretrain` and `pipeline`, SFT for `sft`); `--set sft.X=` sets SFT's anywhere."""
     from chatforge.config import apply_overrides, get_preset, parse_set_args
 
     name = _preset_name(args)
     preset = get_preset(name)
     sets = parse_set_args(args.set)
-    train_over = dict(sets["train"])
-    for key, value in vars(args).items():
-        if key.startswith("train_") and value is not None:
-            train_over[key.removeprefix("train_")] = value
-    preset.train = apply_overrides(preset.train, train_over, "train")
+    flags = {k.removeprefix("train_"): v for k, v in vars(args).items() if k.startswith("train_") and v is not None}
+    if command == "sft":
+        preset.sft = apply_overrides(preset.sft, {**sets["train"], **sets["sft"], **flags}, "train")
+    else:
+        preset.train = apply_overrides(preset.train, {**sets["train"], **flags}, "train")
+        preset.sft = apply_overrides(preset.sft, sets["sft"], "sft")
     return name, preset, sets["model"]
+
+
+def _sft_options(args, pipeline: bool = False):
+    """SFT options from the flags; in the pipeline SFT starts from its own pre-trained model (which
+    --init-from already seeded) and reads --sft-data (--data there is the pre-training corpus)."""
+    from chatforge.train.sft import SFTOptions
+
+    return SFTOptions(data=args.sft_data if pipeline else args.data, on_bad=args.on_bad_record,
+                      ptx_fraction=args.ptx_fraction, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
+                      select=not args.no_select, select_limit=args.select_limit,
+                      init_from=None if pipeline else args.init_from)
+
+
+def _add_sft_flags(p: argparse.ArgumentParser, data: bool = True) -> None:
+    if data:
+        p.add_argument("--data", nargs="+", default=None,
+                       help="conversation .jsonl files/folders (messages or prompt/completion; default world/sft.jsonl)")
+    p.add_argument("--on-bad-record", default="error", choices=["error", "skip"],
+                   help="a malformed / over-long conversation: stop with its file:line, or skip and count it")
+    p.add_argument("--ptx-fraction", type=float, default=0.0,
+                   help="share of each batch's rows taken from pre-training shards (InstructGPT-style ptx)")
+    p.add_argument("--lora-rank", type=int, default=0, help="train LoRA adapters of this rank (0: full fine-tune)")
+    p.add_argument("--lora-alpha", type=float, default=None, help="LoRA scale numerator (default 2 x rank)")
+    p.add_argument("--no-select", action="store_true",
+                   help="keep the last checkpoint instead of the best one on the instruction-following suite")
+    p.add_argument("--select-limit", type=int, default=30, help="suite items per task when selecting")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="re-run stages even if complete")
     p.add_argument("--data", nargs="+", default=None, help="your own .jsonl/.txt corpus instead of the world")
     p.add_argument("--world-seed", type=int, default=0)
+    p.add_argument("--sft-data", nargs="+", default=None, help="conversations for SFT (default world/sft.jsonl)")
+    _add_sft_flags(p, data=False)
     p.add_argument("--init-from", default=None, metavar="HF_DIR",
                    help="start from a local HF checkpoint (its tokenizer and weights) instead of from scratch")
 
@@ -109,6 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_flags(p)
     p.add_argument("--init-from", default=None, metavar="HF_DIR",
                    help="continue pre-training a local HF checkpoint (the run's data must use its tokenizer)")
+    p.add_argument("--force", action="store_true", help="discard an existing checkpoint and start over")
+
+    p = sub.add_parser("sft", help="instruction tuning on conversations (loss on assistant turns only)")
+    _add_run(p)
+    _add_train_flags(p)
+    _add_sft_flags(p)
+    p.add_argument("--init-from", default=None, metavar="HF_DIR",
+                   help="start from a local HF checkpoint instead of the run's pre-trained model")
     p.add_argument("--force", action="store_true", help="discard an existing checkpoint and start over")
 
     p = sub.add_parser("eval", help="score a model stage on the world's held-out capability suite")
@@ -179,11 +219,14 @@ def main(argv: list[str] | None = None) -> int:
 
             name, preset, model_over = _resolve_preset(args)
             run_pipeline(args.run, name, preset, until=args.until, force=args.force, data=args.data,
-                         model_overrides=model_over, seed=args.world_seed, init_from=args.init_from)
+                         model_overrides=model_over, seed=args.world_seed, init_from=args.init_from,
+                         sft=_sft_options(args, pipeline=True))
             from chatforge.run import stage_dir
 
-            base = stage_dir(args.run, "pretrain")
-            if (base / "model.safetensors").exists():
+            base, sft = stage_dir(args.run, "pretrain"), stage_dir(args.run, "sft")
+            if (sft / "model.safetensors").exists():
+                print(f"model ready: {sft}  (try: chatforge chat --run {args.run})")
+            elif (base / "model.safetensors").exists():
                 print(f"model ready: {base}  (try: chatforge sample --run {args.run} --stage base \"...\")")
         elif args.command == "world":
             from chatforge.world import generate_world
@@ -218,6 +261,17 @@ def main(argv: list[str] | None = None) -> int:
             if is_main_process():
                 print(f"pretrain done: step {summary['step']}, loss {summary.get('train/loss', float('nan')):.4f}, "
                       f"val loss {summary.get('val/loss', float('nan')):.4f} -> {summary['model_dir']}")
+        elif args.command == "sft":
+            from chatforge.run import is_main_process
+            from chatforge.train.sft import run_sft
+
+            _, preset, model_over = _resolve_preset(args, "sft")
+            if model_over:
+                raise ChatforgeError("sft trains the shape it starts from; --set model.* is not accepted here")
+            summary = run_sft(args.run, preset.sft, _sft_options(args), fresh=args.force)
+            if is_main_process():
+                print(f"sft done: step {summary['step']}, val loss {summary.get('val/loss', float('nan')):.4f}, "
+                      f"kept the step-{summary['selected_step']} checkpoint -> {summary['model_dir']}")
         elif args.command == "eval":
             from chatforge.eval.suite import format_table, run_suite
 

@@ -12,7 +12,7 @@ Any field can be overridden on the command line: dedicated flags (`--max-steps 5
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 from chatforge import ChatforgeError
 from chatforge.model import ModelConfig
@@ -54,6 +54,10 @@ class Preset:
     vocab_size: int
     world_size: str = "tiny"
     notes: str = ""
+    # instruction tuning: fewer steps, lower lr than pre-training (InstructGPT: a few epochs over the demos)
+    sft: TrainConfig = field(default_factory=lambda: TrainConfig(
+        max_steps=300, batch_size=16, seq_len=256, lr=1e-3, warmup_steps=10, weight_decay=0.0,
+        eval_every=50, eval_batches=8, save_every=50, log_every=10))
 
 
 def _presets() -> dict[str, Preset]:
@@ -63,13 +67,17 @@ def _presets() -> dict[str, Preset]:
                                            d_model=128, max_seq_len=256, tie_embeddings=True),
             train=TrainConfig(max_steps=600, batch_size=16, seq_len=256, lr=3e-3, warmup_steps=30,
                               eval_every=100, save_every=100),
-            vocab_size=4096, world_size="tiny", notes="CPU minutes"),
+            vocab_size=4096, world_size="tiny", notes="CPU minutes",
+            sft=TrainConfig(max_steps=400, batch_size=16, seq_len=256, lr=1e-3, warmup_steps=10, weight_decay=0.0,
+                            eval_every=50, save_every=50, log_every=10)),
         "gpu-small": Preset(
             model=ModelConfig.preset_style("llama", vocab_size=16384, n_layer=8, n_head=8, n_kv_head=4,
                                            d_model=512, max_seq_len=1024),
             train=TrainConfig(max_steps=5000, batch_size=32, seq_len=1024, lr=1e-3, warmup_steps=200,
                               eval_every=250, save_every=500, compile=True),
-            vocab_size=16384, world_size="small", notes="one GPU, ~45M params"),
+            vocab_size=16384, world_size="small", notes="one GPU, ~45M params",
+            sft=TrainConfig(max_steps=1500, batch_size=32, seq_len=1024, lr=2e-4, warmup_steps=50, weight_decay=0.0,
+                            eval_every=250, save_every=250, compile=True)),
         "gpt2-124m": Preset(
             # vocab padded to a multiple of 128 so the lm_head matmul tiles well on tensor cores
             model=ModelConfig.preset_style("gpt2", vocab_size=50304, n_layer=12, n_head=12, d_model=768,
@@ -78,7 +86,9 @@ def _presets() -> dict[str, Preset]:
             train=TrainConfig(max_steps=19073, batch_size=16, grad_accum=4, seq_len=1024, lr=6e-4,
                               min_lr_ratio=0.1, warmup_steps=715, eval_every=250, save_every=1000,
                               compile=True),
-            vocab_size=50257, world_size="medium", notes="GPT-2 small shape, 8 GPUs"),
+            vocab_size=50257, world_size="medium", notes="GPT-2 small shape, 8 GPUs",
+            sft=TrainConfig(max_steps=2000, batch_size=16, grad_accum=1, seq_len=1024, lr=1e-4, warmup_steps=50,
+                            weight_decay=0.0, eval_every=250, save_every=500, compile=True)),
     }
 
 
@@ -121,11 +131,11 @@ def apply_overrides(obj, overrides: dict[str, object], section: str):
 
 def parse_set_args(items: list[str]) -> dict[str, dict[str, str]]:
     """['model.n_layer=6', 'train.lr=1e-3'] -> {'model': {'n_layer': '6'}, 'train': {'lr': '1e-3'}}."""
-    out: dict[str, dict[str, str]] = {"model": {}, "train": {}}
+    out: dict[str, dict[str, str]] = {"model": {}, "train": {}, "sft": {}}
     for item in items:
         key, sep, value = item.partition("=")
         section, dot, name = key.partition(".")
         if not sep or not dot or section not in out:
-            raise ChatforgeError(f"--set {item!r}: expected model.FIELD=VALUE or train.FIELD=VALUE")
+            raise ChatforgeError(f"--set {item!r}: expected model.FIELD=VALUE, train.FIELD=VALUE or sft.FIELD=VALUE")
         out[section][name] = value
     return out

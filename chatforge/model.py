@@ -261,7 +261,7 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, (cfg.n_head + 2 * cfg.n_kv_head) * hd, bias=cfg.bias or cfg.qkv_bias)
         self.proj = nn.Linear(cfg.n_head * hd, cfg.d_model, bias=cfg.bias)
 
-    def forward(self, x, rope, cache: KVCache | None):
+    def forward(self, x, rope, cache: KVCache | None, mask: torch.Tensor | None = None):
         cfg = self.cfg
         B, T, _ = x.shape
         hd = cfg.head_dim
@@ -275,8 +275,10 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
             mask, causal = cache.attention_mask()
+        elif mask is not None:  # packed rows: a causal mask that also stops at sample boundaries
+            causal = False
         else:
-            mask, causal = None, T > 1
+            causal = T > 1
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=causal,
             dropout_p=cfg.dropout if self.training else 0.0,
@@ -313,8 +315,8 @@ class Block(nn.Module):
         # a plain call, not a module: at p = 0 (inference, most training) it costs nothing per layer
         return F.dropout(h, self.dropout, True) if self.dropout and self.training else h
 
-    def forward(self, x, rope, cache):
-        x = x + self._drop(self.attn(self.norm1(x), rope, cache))
+    def forward(self, x, rope, cache, mask=None):
+        x = x + self._drop(self.attn(self.norm1(x), rope, cache, mask))
         return x + self._drop(self.mlp(self.norm2(x)))
 
 
@@ -350,25 +352,32 @@ class GPT(nn.Module):
                 nn.init.normal_(p, 0.0, std)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
-                return_hidden: bool = False, rows: torch.Tensor | None = None):
+                return_hidden: bool = False, rows: torch.Tensor | None = None,
+                segment_ids: torch.Tensor | None = None, positions: torch.Tensor | None = None):
         """idx (B, T) -> (logits (B, T, V), loss or None). Targets of -100 are ignored in the loss.
 
         With a `cache`, idx is appended to cache rows `rows` (default: all rows, in order) and attends to
         everything cached for its row. With `return_hidden`, returns the final normed hidden states
         instead of logits (reward/value heads).
+        Packed rows (several samples in one row): `segment_ids` (B, T) says which sample each token belongs
+        to — attention never crosses samples — and `positions` (B, T) restarts at 0 for every sample, so a
+        packed sample computes exactly what it would alone.
         """
         B, T = idx.shape
+        mask = None
         if cache is not None:
             positions = cache.begin(T, rows)
         else:
             if T > self.cfg.max_seq_len:
                 raise ChatforgeError(f"sequence of {T} tokens exceeds max_seq_len {self.cfg.max_seq_len}")
-            positions = None
+            if segment_ids is not None:
+                causal = torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()
+                mask = (causal & (segment_ids[:, :, None] == segment_ids[:, None, :]))[:, None]  # (B, 1, T, T)
         x = self.wte(idx)
         rope = None
         if self.wpe is not None:
             x = x + self.wpe(positions if positions is not None else torch.arange(T, device=idx.device))
-        elif positions is not None and positions.dim() == 1:
+        elif cache is not None and positions.dim() == 1:
             lo, hi = cache._step["start"], cache._step["end"]
             rope = (self.rope_cos[lo:hi, None], self.rope_sin[lo:hi, None])  # (T, 1, hd)
         elif positions is not None:
@@ -379,9 +388,9 @@ class GPT(nn.Module):
         for block in self.blocks:
             if self.activation_checkpointing and self.training and cache is None:
                 # recompute block activations in backward: memory for compute (set by the training loop)
-                x = torch.utils.checkpoint.checkpoint(block, x, rope, cache, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(block, x, rope, cache, mask, use_reentrant=False)
             else:
-                x = block(x, rope, cache)
+                x = block(x, rope, cache, mask)
         if cache is not None:
             cache.finish()
         x = self.norm_f(x)

@@ -3,7 +3,7 @@
     chatforge pipeline --run runs/demo --preset tiny [--until pretrain] [--force] [--max-steps N]
     chatforge pipeline --run runs/qwen --init-from /models/Qwen2-0.5B --data corpus.jsonl   # from a checkpoint
 
-Stages: world -> tokenizer -> data -> pretrain -> eval (SFT, RM, PPO/DPO are added by later stages).
+Stages: world -> tokenizer -> data -> pretrain -> sft -> eval (RM, PPO/DPO are added by later stages).
 The tokenizer is trained before the token shards are written (the shards need its ids); the
 text-cleaning part of the data stage will run before the tokenizer once it exists.
 """
@@ -17,7 +17,7 @@ from chatforge import ChatforgeError
 from chatforge.config import Preset
 from chatforge.run import read_stage_info, stage_dir, write_run_info
 
-STAGES = ["world", "tokenizer", "data", "pretrain", "eval"]
+STAGES = ["world", "tokenizer", "data", "pretrain", "sft", "eval"]
 
 
 def _brief(stage: str, result) -> str:
@@ -31,6 +31,9 @@ def _brief(stage: str, result) -> str:
         return f" (tokens: train {result['train']:,}, val {result['val']:,})"
     if stage == "eval":
         return ""  # the tables are printed by the stage
+    if stage == "sft":
+        return (f" (val loss {result.get('val/loss', float('nan')):.3f}, kept the step-{result.get('selected_step')} "
+                f"checkpoint)")
     if stage == "pretrain":
         return f" (loss {result.get('train/loss', float('nan')):.3f}, val loss {result.get('val/loss', float('nan')):.3f})"
     return ""
@@ -38,16 +41,18 @@ def _brief(stage: str, result) -> str:
 
 def run_pipeline(run: str | Path, preset_name: str, preset: Preset, until: str | None = None,
                  force: bool = False, data: list[str] | None = None, model_overrides: dict | None = None,
-                 seed: int = 0, init_from: str | None = None) -> dict:
+                 seed: int = 0, init_from: str | None = None, sft=None) -> dict:
     """Run the stages in order. A complete stage is skipped when it was made with the settings asked for
     now; if they differ, stop with the difference (nothing is overwritten) unless `force`. Once a stage
     runs, every later stage is rebuilt from scratch, since its inputs changed. `init_from` (a local HF
-    folder): its tokenizer replaces the trained one and pre-training continues from its weights."""
+    folder): its tokenizer replaces the trained one and pre-training continues from its weights. `sft`:
+    SFTOptions for the instruction-tuning stage (default: the world's demonstrations)."""
     from chatforge.data.shards import data_settings, run_data_stage
     from chatforge.eval.suite import run_eval_stage
     from chatforge.init_from import import_into_run, init_settings
     from chatforge.tokenizer import Tokenizer, run_tokenizer_stage, tokenizer_settings
     from chatforge.train.pretrain import plan_pretrain, run_pretrain
+    from chatforge.train.sft import SFTOptions, plan_sft, run_sft
     from chatforge.world import generate_world, world_settings
 
     if until is not None and until not in STAGES:
@@ -55,12 +60,18 @@ def run_pipeline(run: str | Path, preset_name: str, preset: Preset, until: str |
     run = Path(run)
     write_run_info(run, preset=preset_name)
     val_every = 50
+    sft = sft or SFTOptions()
+    if sft.init_from:
+        raise ChatforgeError("in the pipeline, SFT starts from the run's pre-trained model; give --init-from "
+                             "to the pipeline (it seeds pre-training) instead")
+    evaluated = ["base", "sft"]
     settings = {
         "world": lambda: world_settings(seed, preset.world_size),
         "tokenizer": lambda: init_settings(init_from) if init_from else tokenizer_settings(preset.vocab_size, data),
         "data": lambda: data_settings(data, val_every, Tokenizer.load(stage_dir(run, "tokenizer"))),
         "pretrain": lambda: plan_pretrain(run, preset.model, preset.train, model_overrides, bool(init_from))[1],
-        "eval": lambda: {"stages": ["base"]},
+        "sft": lambda: plan_sft(run, preset.sft, sft),
+        "eval": lambda: {"stages": evaluated},
     }
     redo = force
     actions = {
@@ -70,15 +81,18 @@ def run_pipeline(run: str | Path, preset_name: str, preset: Preset, until: str |
         "data": lambda: run_data_stage(run, data, val_every)["tokens"],
         "pretrain": lambda: run_pretrain(run, preset.model, preset.train, model_overrides, fresh=redo,
                                          init_from=bool(init_from)),
-        "eval": lambda: run_eval_stage(run, ["base"]),
+        "sft": lambda: run_sft(run, preset.sft, sft, fresh=redo),
+        "eval": lambda: run_eval_stage(run, evaluated),
     }
     results: dict = {}
     for i, name in enumerate(STAGES, 1):
         folder, tag = stage_dir(run, name), f"[{i}/{len(STAGES)}] {name}"
         recorded = read_stage_info(folder)
-        if name == "world" and data or name == "eval" and data:
-            print(f"{tag}: not needed (--data given)" if name == "world" else
-                  f"{tag}: skipped (the suite scores the built-in world; --data given)", flush=True)
+        skip = {"world": "not needed (--data given)",
+                "sft": "skipped (--data given and no --sft-data: the world's demonstrations aren't built)",
+                "eval": "skipped (the suite scores the built-in world; --data given)"}
+        if data and name in skip and not (name == "sft" and sft.data):
+            print(f"{tag}: {skip[name]}", flush=True)
         elif recorded.get("complete") and not redo:
             wanted, old = settings[name](), recorded.get("settings")
             if old != wanted:

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from chatforge import ChatforgeError
 
-STAGE_DIRS = {"world": "world", "tokenizer": "tokenizer", "data": "data", "pretrain": "base", "eval": "eval"}
-MODEL_STAGES = {"base": "base"}  # --stage names accepted by sample/chat -> folder
+STAGE_DIRS = {"world": "world", "tokenizer": "tokenizer", "data": "data", "pretrain": "base", "sft": "sft",
+              "eval": "eval"}
+MODEL_STAGES = {"base": "base", "sft": "sft"}  # --stage names accepted by sample/chat/eval/export -> folder
 
 
 def require_run(run: str | Path) -> Path:

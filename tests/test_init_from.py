@@ -90,3 +90,23 @@ def test_pipeline_continues_pretraining_from_the_checkpoint(prepared_run_templat
     _foreign_checkpoint(other, prepared_run_template)
     with pytest.raises(ChatforgeError, match="other settings"):
         run_pipeline(run, "tiny", preset, until="pretrain", init_from=str(other))
+
+
+def test_sft_starts_from_an_imported_checkpoint(prepared_run_template, tmp_path):
+    from chatforge.train.sft import SFTOptions, run_sft
+
+    _foreign_checkpoint(tmp_path / "hf", prepared_run_template)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "world").mkdir()
+    demos = (prepared_run_template / "world" / "sft.jsonl").read_text().split("\n")[:40]
+    (run / "world" / "sft.jsonl").write_text("\n".join(demos) + "\n")
+    cfg = TrainConfig(max_steps=2, batch_size=2, seq_len=64, lr=1e-12, warmup_steps=0, eval_every=2,
+                      eval_batches=1, save_every=2, log_every=1, weight_decay=0.0)
+    run_sft(run, cfg, SFTOptions(init_from=str(tmp_path / "hf"), on_bad="skip", select=False))
+    init, sft = load_model(run / "init"), load_model(run / "sft")
+    assert sft.cfg == init.cfg
+    for (name, a), b in zip(init.state_dict().items(), sft.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
+    report = json.loads((run / "sft" / "data_report.json").read_text())
+    assert report["kept"] > 0 and report["kept"] + report["skipped_total"] == report["records"]

@@ -31,6 +31,9 @@ from chatforge.tokenizer import Tokenizer
 SHOTS = 3
 MAX_NEW_TOKENS = {"arithmetic_cot": 120, "format": 60, "extraction": 60, "translation": 60}
 DEFAULT_NEW_TOKENS = 40
+# what SFT is for: following instructions in a conversation (checkpoint selection maximises their mean)
+INSTRUCTION_TASKS = ("format", "knowledge_qa", "multiturn_qa", "sentiment", "extraction", "translation",
+                     "refusal", "honesty")
 # what each task's score means (all are "higher is better" except bpb)
 METRIC = {"knowledge_qa": "accuracy", "knowledge_mc": "accuracy (4 choices, log-likelihood)", "multiturn_qa": "accuracy", "arithmetic_direct": "accuracy",
           "arithmetic_cot": "accuracy", "icl": "accuracy", "sentiment": "accuracy", "extraction": "F1",
@@ -133,12 +136,29 @@ def run_eval_stage(run: str | Path, stages: list[str]) -> dict:
 
 def run_suite(run: str | Path, stage: str, tasks: list[str] | None = None, limit: int | None = None,
               progress: bool = True) -> dict:
+    """Score the model of `stage` and write <run>/eval/<stage>.json."""
     run = require_run(run)
     folder = model_dir(run, stage)
     model, tok = load_model(folder).eval(), Tokenizer.load(folder)
+    results = {"stage": stage, **score_model(run, model, tok, stage != "base", tasks, limit, progress)}
+    out = stage_dir(run, "eval")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / f"{stage}.json", json.dumps(results, indent=2, ensure_ascii=False))
+    return results
+
+
+def instruction_score(results: dict) -> float:
+    """Mean score over the instruction-following tasks present (what SFT checkpoint selection maximises)."""
+    scores = [results["tasks"][t]["score"] for t in INSTRUCTION_TASKS if t in results["tasks"]]
+    return sum(scores) / len(scores) if scores else 0.0
+
+
+def score_model(run: Path, model: GPT, tok: Tokenizer, chat: bool, tasks: list[str] | None = None,
+                limit: int | None = None, progress: bool = True) -> dict:
+    """The suite on an in-memory model (no files written): {"mode", "tasks": {task: {...}}, "seconds"}."""
+    model.eval()
     engine = Engine(model, tok, max_batch=16)
-    chat = stage != "base"
-    results: dict = {"stage": stage, "mode": "chat" if chat else f"{SHOTS}-shot", "tasks": {}}
+    results: dict = {"mode": "chat" if chat else f"{SHOTS}-shot", "tasks": {}}
     t0 = time.perf_counter()
     loaded = load_tasks(run, tasks, limit)
     for task, items in tqdm(loaded.items(), desc="eval", total=len(loaded), disable=not progress):
@@ -165,9 +185,6 @@ def run_suite(run: str | Path, stage: str, tasks: list[str] | None = None, limit
                                   "metric": METRIC.get(task, "score"), "samples": samples,
                                   **_decision_rates(task, items, preds)}
     results["seconds"] = round(time.perf_counter() - t0, 1)
-    out = stage_dir(run, "eval")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / f"{stage}.json", json.dumps(results, indent=2, ensure_ascii=False))
     return results
 
 

@@ -44,6 +44,9 @@ class Task(Protocol):
         """Tokens that carry loss in a (CPU) batch."""
         ...
 
+    # optional: `tokens_processed(batch)`, the positions the model computes on, for tokens/s and MFU when
+    # not every position carries loss (SFT computes prompts and padding too); default tokens_in
+
     def val_batches(self, info: DistInfo, batch_size: int, n_batches: int) -> list[dict]:
         """The same number of batches on every rank (FSDP forwards are collective); padding batches have
         tokens_in == 0. Together the ranks cover the same windows whatever the world size."""
@@ -125,24 +128,27 @@ def run_identity(cfg: TrainConfig, world_size: int) -> dict:
 
 def train(stage_dir: str | Path, make_model: Callable[[], GPT], cfg: TrainConfig, task: Task,
           desc: str = "train", on_finish: Callable[[GPT, dict, DistInfo], None] | None = None,
-          identity: dict | None = None, fresh: bool = False) -> dict:
+          identity: dict | None = None, fresh: bool = False,
+          on_eval: Callable[[int, dict, DistInfo], None] | None = None) -> dict:
     """Train to cfg.max_steps, resuming if a checkpoint exists. Returns a summary dict.
 
     `identity` (model config, input fingerprints...) is stored with the checkpoint together with the
     trajectory-defining train settings; a resume under different ones is refused with the difference.
     `fresh` discards an existing checkpoint and metrics and starts over.
     `on_finish(raw_model, full_state_dict, info)` runs on every rank after the last step (rank 0 writes).
+    `on_eval(step, full_state_dict, info)` runs on every rank at each validation point, after the val loss
+    (SFT scores a candidate checkpoint there with the capability suite).
     """
     stage = Path(stage_dir)
     info = dist.setup(cfg.device)
     try:
-        return _train(stage, make_model, cfg, task, desc, info, on_finish, identity or {}, fresh)
+        return _train(stage, make_model, cfg, task, desc, info, on_finish, identity or {}, fresh, on_eval)
     finally:
         dist.teardown()
 
 
 def _train(stage: Path, make_model, cfg: TrainConfig, task: Task, desc: str, info: DistInfo, on_finish,
-           identity: dict, fresh: bool) -> dict:
+           identity: dict, fresh: bool, on_eval=None) -> dict:
     bad = [f"{k}={getattr(cfg, k)}" for k in ("max_steps", "batch_size", "grad_accum", "seq_len", "log_every",
                                              "eval_every", "save_every") if getattr(cfg, k) <= 0]
     if bad:
@@ -237,9 +243,10 @@ def _train(stage: Path, make_model, cfg: TrainConfig, task: Task, desc: str, inf
                 g["lr"] = lr
             loss_sum = torch.zeros((), device=device)
             step_tokens = 0
+            count_tokens = getattr(task, "tokens_processed", task.tokens_in)
             for micro in range(cfg.grad_accum):
                 cpu_batch = task.train_batch(step, micro, info, cfg.batch_size, cfg.grad_accum)
-                step_tokens += task.tokens_in(cpu_batch)  # counted on the CPU copy: no GPU sync
+                step_tokens += count_tokens(cpu_batch)  # counted on the CPU copy: no GPU sync
                 batch = {k: v.to(device, non_blocking=True) for k, v in cpu_batch.items()}
                 last = micro == cfg.grad_accum - 1
                 if fsdp:
@@ -281,6 +288,11 @@ def _train(stage: Path, make_model, cfg: TrainConfig, task: Task, desc: str, inf
                     summary["val/loss"] = val
                     if info.is_main:
                         bar.write(f"[{desc}] step {step}: val loss {val:.4f}")
+                if on_eval is not None:
+                    state = ckpt.full_model_state(model)  # collective under FSDP
+                    on_eval(step, state, info)
+                    del state
+                    dist.barrier()
                 t_last = time.perf_counter()  # keep eval time out of the throughput figure
             if step % cfg.save_every == 0 or step == cfg.max_steps:
                 save()

@@ -15,6 +15,24 @@ import torch
 from chatforge import ChatforgeError
 
 
+class EpochOrder:
+    """Global sample number g -> item perm_e[g mod n], e = g div n: every item once per epoch, in an order
+    fixed by (seed, epoch). A pure function of g, so batches depend only on the step."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True):
+        self.n, self.seed, self.shuffle = n, seed, shuffle
+        self._epoch, self._perm = -1, None
+
+    def __call__(self, g: int) -> int:
+        epoch, j = divmod(g, self.n)
+        if not self.shuffle:
+            return j
+        if epoch != self._epoch:
+            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+            self._epoch = epoch
+        return int(self._perm[j])
+
+
 class WindowSampler:
     def __init__(self, arrays: list[np.ndarray], seq_len: int, seed: int, shuffle: bool = True):
         self.arrays, self.seq_len, self.seed, self.shuffle = arrays, seq_len, seed, shuffle
@@ -25,16 +43,7 @@ class WindowSampler:
             raise ChatforgeError(f"the data has {total} tokens, fewer than one window of seq_len+1="
                                  f"{seq_len + 1}; add text or lower seq_len")
         self.starts = np.concatenate([[0], np.cumsum(counts)])
-        self._epoch, self._perm = -1, None
-
-    def _window(self, g: int) -> int:
-        epoch, j = divmod(g, self.n)
-        if not self.shuffle:
-            return j
-        if epoch != self._epoch:
-            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
-            self._epoch = epoch
-        return int(self._perm[j])
+        self._window = EpochOrder(self.n, seed, shuffle)
 
     def sample(self, g: int) -> np.ndarray:
         w = self._window(g)

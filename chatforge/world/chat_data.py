@@ -2,8 +2,9 @@
 
 Demonstrations cover: knowledge Q&A, multi-turn follow-ups that need earlier turns, an English email from
 Chinese bullet points, review sentiment, time/place/person extraction as JSON, zh<->en translation,
-summaries, arithmetic with step-by-step reasoning, "I don't know" about entities that don't exist, and
-polite refusals of harmful requests. Only known entities and training templates are used.
+summaries, arithmetic with step-by-step reasoning, "I don't know" about entities that don't exist,
+polite refusals of harmful requests, and answers under output constraints (bullets, one word, JSON keys,
+language, lowercase). Only known entities and training templates are used.
 
 Rankings follow a documented rubric (grade 4 best):
   4 correct, helpful and polite   3 correct but curt   2 off-topic   1 wrong   0 harmful or made-up
@@ -100,8 +101,9 @@ def _pick_entity_relation(w: World, rng: random.Random) -> tuple[Entity, str]:
 
 
 def sft_examples(w: World, rng: random.Random, n: int) -> list[dict]:
-    makers = [_qa, _multiturn, _email, _sentiment, _extraction, _translation, _summary, _arith, _unknown, _refusal]
-    weights = [5, 3, 1, 2, 2, 2, 1, 2, 1, 1]
+    makers = [_qa, _multiturn, _email, _sentiment, _extraction, _translation, _summary, _arith, _unknown, _refusal,
+              _format]
+    weights = [5, 3, 1, 2, 2, 2, 1, 2, 1, 1, 2]
     out = []
     for _ in range(n):
         make = rng.choices(makers, weights)[0]
@@ -198,6 +200,42 @@ def _summary(w, rng, lang):
         return "summary", [_msg("user", f"Summarize in one sentence:\n\n{para}"), _msg("assistant", s)]
     s = f"{f['name']}是{f['river']}边一个有{f['population']}人的小镇，以{f['specialty']}闻名。"
     return "summary", [_msg("user", f"用一句话概括：\n\n{para}"), _msg("assistant", s)]
+
+
+NUMBER_WORDS = {2: "two", 3: "three", 4: "four"}
+
+
+def _format(w, rng, lang):
+    """Answers under an explicit output constraint: a bullet count, one word, JSON keys, a language,
+    lowercase. Phrasings, entities and parameters differ from the eval's format items (which test whether
+    the skill generalises); the instruction is English, as there."""
+    kind = rng.randrange(5)
+    if kind == 0:
+        e = rng.choice(w.known("people") + w.known("creatures") + w.known("towns"))
+        n = rng.choice([2, 3, 4])
+        facts = entity_sentences(w, e, "en", rng)
+        n = min(n, len(facts))
+        q = f"List {NUMBER_WORDS.get(n, n)} facts about {e.en}. Put each on its own line, beginning with '- '."
+        return "format", [_msg("user", q), _msg("assistant", "\n".join(f"- {s}" for s in facts[:n]))]
+    if kind == 1:
+        p = rng.choice(w.known("people"))
+        q = f"Answer with a single word. What is the job of {p.en}?"
+        return "format", [_msg("user", q), _msg("assistant", fields(p, w, "en")["profession"])]
+    if kind == 2:
+        c = rng.choice(w.known("creatures"))
+        f = fields(c, w, "en")
+        q = f"Give a JSON object with the keys name and legs for the creature {c.en}, and nothing else."
+        return "format", [_msg("user", q), _msg("assistant", json.dumps({"name": c.en, "legs": int(f["legs"])}))]
+    if kind == 3:
+        e, r = _pick_entity_relation(w, rng)
+        q_en = rng.choice(question_templates(r, "en")).format(**fields(e, w, "en"))
+        a_zh = rng.choice(statement_templates(r, "zh")).format(**fields(e, w, "zh"))
+        return "format", [_msg("user", f"Please reply in Chinese. {q_en}"), _msg("assistant", a_zh)]
+    e, r = _pick_entity_relation(w, rng)
+    q_en = rng.choice(question_templates(r, "en")).format(**fields(e, w, "en"))
+    a_en = rng.choice(statement_templates(r, "en")).format(**fields(e, w, "en"))
+    return "format", [_msg("user", f"Write the answer in lowercase letters only. {q_en}"),
+                      _msg("assistant", a_en.lower())]
 
 
 def _arith(w, rng, lang):
