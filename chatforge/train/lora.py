@@ -5,6 +5,10 @@
 Adapters go on every attention and MLP projection (qkv, proj, up, down); everything else is frozen, so
 the optimizer holds state only for the adapters. The saved SFT model is the merged one: a plain model
 folder that loads, exports and serves like any other (the adapter weights are saved beside it too).
+
+Embeddings stay frozen: LoRA suits a model that already knows the chat special tokens. A base model
+pre-trained on plain text has never trained their rows, and adapters on the projections learn the chat
+format far more slowly than full fine-tuning (README, Results); fine-tune such a model fully.
 """
 
 from __future__ import annotations
