@@ -140,17 +140,19 @@ def test_ptx_rows_are_pretraining_windows_with_full_loss(tok, prepared_run_templ
     assert all(torch.equal(b[k], again[k]) for k in b)  # a pure function of the step
 
 
-def test_lora_trains_only_adapters_and_merge_equals_adapted(tok):
+@pytest.mark.parametrize("tied", [False, True])
+def test_lora_trains_only_adapters_and_merge_equals_adapted(tok, tied):
     pytest.importorskip("peft")
     from chatforge.train.lora import add_lora, is_lora_state, merge_lora
 
     torch.manual_seed(0)
     cfg = ModelConfig.preset_style("llama", vocab_size=tok.vocab_size, n_layer=2, d_model=64, n_head=4,
-                                   n_kv_head=2, max_seq_len=64)
-    model = add_lora(GPT(cfg), rank=4)
+                                   n_kv_head=2, max_seq_len=64, tie_embeddings=tied)
+    chat_tokens = sorted(tok.special_ids.values())
+    model = add_lora(GPT(cfg), rank=4, token_ids=chat_tokens)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-    assert trainable and all("lora_" in n for n in trainable)
+    assert trainable and all("lora_" in n or "trainable_tokens_delta" in n for n in trainable)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     s = _sample(tok, CONVO)
     row = {k: torch.from_numpy(v)[None] for k, v in build_row([s], 64, tok.pad_id).items()}
@@ -161,14 +163,20 @@ def test_lora_trains_only_adapters_and_merge_equals_adapted(tok):
         opt.zero_grad()
     after = model.state_dict()
     changed = {k for k in after if not torch.equal(after[k], before[k])}
-    assert changed and all("lora_" in k for k in changed)
+    assert changed and all("lora_" in k or "trainable_tokens_delta" in k for k in changed)  # base weights frozen
     assert any("lora_B" in k for k in changed)  # B starts at 0: once it moved, the adapter changes outputs
+    assert any("wte" in k for k in changed) and any("lm_head" in k for k in changed)  # the chat-token rows
     assert is_lora_state(after)
+    base_wte = before["wte.token_adapter.base_layer.weight"]
     with torch.no_grad():
         adapted = model(row["x"])[0]
         merged = merge_lora(model)
         assert not is_lora_state(merged.state_dict()) and isinstance(merged.blocks[0].attn.qkv, torch.nn.Linear)
         assert (merged(row["x"])[0] - adapted).abs().max().item() < 1e-5
+        assert merged.cfg.tie_embeddings is False  # token rows are trained separately for input and output
+        other = [i for i in range(tok.vocab_size) if i not in chat_tokens]
+        assert torch.equal(merged.wte.weight[other], base_wte[other])  # only the chat-token rows moved
+        assert not torch.equal(merged.wte.weight[chat_tokens], base_wte[chat_tokens])
 
 
 @pytest.fixture(scope="module")
@@ -220,8 +228,11 @@ def test_sft_with_lora_saves_a_merged_model(pretrained_run, tmp_path):
     base, sft = load_model(run / "base"), load_model(run / "sft")
     assert list(base.state_dict()) == list(sft.state_dict())  # a plain model folder, no adapter names
     changed = [k for k, v in sft.state_dict().items() if not torch.equal(v, base.state_dict()[k])]
-    # only the adapted projections moved (embeddings and norms were frozen)
-    assert changed and all(k.split(".")[-2] in ("qkv", "proj", "up", "down") for k in changed)
+    # only the adapted projections and the chat-token rows moved (norms and other rows were frozen)
+    assert changed and all(k.split(".")[-2] in ("qkv", "proj", "up", "down", "wte", "lm_head") for k in changed)
+    tok = Tokenizer.load(run / "sft")
+    other = [i for i in range(tok.vocab_size) if i not in tok.special_ids.values()]
+    assert torch.equal(sft.wte.weight[other], base.wte.weight[other])
     assert (run / "sft" / "adapter_model.safetensors").is_file()
 
 
@@ -235,3 +246,58 @@ def test_sft_cli_reports_bad_records_and_rejects_shape_overrides(pretrained_run,
     assert "--set model.* is not accepted" in capsys.readouterr().err
     assert main(["sft", "--run", str(pretrained_run), "--ptx-fraction", "1.5"]) == 2
     assert "--ptx-fraction 1.5" in capsys.readouterr().err
+
+
+def _sft_cmd(run, *extra: str) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "chatforge.cli", "sft", "--run-dir", str(run), "--batch-size", "4",
+            "--log-every", "1", "--select-limit", "2", "--set", "train.eval_batches=1", *extra]
+
+
+@pytest.mark.slow
+def test_sft_resume_after_a_kill_equals_the_uninterrupted_run(pretrained_run, tmp_path):
+    import shutil
+    import signal
+    import subprocess
+
+    from tests.conftest import cli_env, read_metrics, run_ok
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for r in (a, b):
+        shutil.copytree(pretrained_run, r, ignore=shutil.ignore_patterns("sft"))
+    args = ["--max-steps", "8", "--save-every", "4", "--eval-every", "4"]
+    run_ok(_sft_cmd(a, *args))
+    env = cli_env()
+    env["CHATFORGE_TEST_KILL_IN_SAVE"] = "8"  # dies while saving step 8; the step-4 checkpoint survives
+    proc = subprocess.run(_sft_cmd(b, *args), env=env, capture_output=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL
+    out = run_ok(_sft_cmd(b, *args))
+    assert "resuming from" in out.stdout and "at step 4" in out.stdout
+    assert read_metrics(b / "sft") == read_metrics(a / "sft")
+    sel_a, sel_b = (json.loads((r / "sft" / "selection.json").read_text()) for r in (a, b))
+    assert sel_a == sel_b
+    ma, mb = load_model(a / "sft"), load_model(b / "sft")
+    assert all(torch.equal(x, y) for x, y in zip(ma.state_dict().values(), mb.state_dict().values()))
+
+
+@pytest.mark.slow
+def test_sft_on_two_processes_equals_one(pretrained_run, tmp_path):
+    import shutil
+    import sys
+
+    from tests.conftest import read_metrics, run_ok
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    for r in (one, two):
+        shutil.copytree(pretrained_run, r, ignore=shutil.ignore_patterns("sft"))
+    args = ["--max-steps", "4", "--save-every", "100", "--eval-every", "2", "--no-select"]
+    run_ok(_sft_cmd(one, *args, "--grad-accum", "2"))
+    run_ok([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+            *_sft_cmd(two, *args)[1:]])
+    (s1, v1), (s2, v2) = read_metrics(one / "sft"), read_metrics(two / "sft")
+    assert sorted(s1) == sorted(s2) == [1, 2, 3, 4]
+    for step in s1:
+        assert s2[step] == pytest.approx(s1[step], rel=1e-5, abs=1e-5), step
+    for step in v1:
+        assert v2[step] == pytest.approx(v1[step], rel=1e-5, abs=1e-5), step

@@ -198,12 +198,17 @@ def run_sft(run: str | Path, tcfg: TrainConfig, opts: SFTOptions, fresh: bool = 
         atomic_write_text(out / "train_config.json", json.dumps(asdict(tcfg), indent=2))
         atomic_write_text(out / "data_report.json", json.dumps(summary_data, indent=2, ensure_ascii=False))
 
-    def plain(state: dict) -> dict:
-        if opts.lora_rank:
-            from chatforge.train.lora import merged_state
+    chat_tokens = sorted(tok.special_ids.values())  # their embedding rows train under LoRA too (lora.py)
 
-            return merged_state(mcfg, state, opts.lora_rank, opts.lora_alpha)
-        return state
+    def plain(state: dict) -> GPT:
+        """The trained state as a plain model (LoRA merged; its config may then be untied)."""
+        if opts.lora_rank:
+            from chatforge.train.lora import merged_model
+
+            return merged_model(mcfg, state, opts.lora_rank, opts.lora_alpha, chat_tokens)
+        model = GPT(mcfg)
+        model.load_state_dict(state)
+        return model
 
     def make_model() -> GPT:
         model = GPT(mcfg)
@@ -211,7 +216,7 @@ def run_sft(run: str | Path, tcfg: TrainConfig, opts: SFTOptions, fresh: bool = 
         if opts.lora_rank:
             from chatforge.train.lora import add_lora
 
-            model = add_lora(model, opts.lora_rank, opts.lora_alpha)
+            model = add_lora(model, opts.lora_rank, opts.lora_alpha, chat_tokens)
         return model
 
     selection_file = out / "selection.json"
@@ -219,8 +224,7 @@ def run_sft(run: str | Path, tcfg: TrainConfig, opts: SFTOptions, fresh: bool = 
     def on_eval(step: int, state: dict, info) -> None:
         if not (opts.select and info.is_main):
             return
-        model = GPT(mcfg)
-        model.load_state_dict(plain(state))
+        model = plain(state)
         scores = score_model(run, model, tok, chat=True, tasks=list(INSTRUCTION_TASKS), limit=opts.select_limit,
                              progress=False)
         score = instruction_score(scores)
@@ -238,15 +242,14 @@ def run_sft(run: str | Path, tcfg: TrainConfig, opts: SFTOptions, fresh: bool = 
     def finish(raw: GPT, state: dict, info) -> None:
         if not info.is_main:
             return
-        final = plain(state)
+        model = plain(state)
         picked = tcfg.max_steps
         if opts.select and selection_file.is_file():
             sel = json.loads(selection_file.read_text())
             picked = int(sel.get("best_step", tcfg.max_steps))
             if picked != tcfg.max_steps and (out / "best" / "model.safetensors").is_file():
-                final = _load_state(out / "best", mcfg)
-        model = GPT(mcfg)
-        save_model(model, out, final)
+                model.load_state_dict(_load_state(out / "best", model.cfg))
+        save_model(model, out)
         if opts.lora_rank:
             from safetensors.torch import save_file
 
