@@ -43,7 +43,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--activation-checkpointing", dest="train_activation_checkpointing", action="store_const",
                    const=True, default=None, help="recompute activations in backward to save memory")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                   help="override any model./train./sft. field, e.g. --set model.n_layer=6 --set sft.max_steps=100")
+                   help="override any model./train./sft./rm. field, e.g. --set model.n_layer=6 --set sft.max_steps=100")
 
 
 def _preset_name(args) -> str:
@@ -66,11 +66,15 @@ def _resolve_preset(args, command: str = "pretrain"):
     preset = get_preset(name)
     sets = parse_set_args(args.set)
     flags = {k.removeprefix("train_"): v for k, v in vars(args).items() if k.startswith("train_") and v is not None}
-    if command == "sft":
-        preset.sft = apply_overrides(preset.sft, {**sets["train"], **sets["sft"], **flags}, "train")
+    stages = ("sft", "rm")  # stages with their own training settings in the preset (--set sft.X=, rm.X=)
+    if command in stages:
+        setattr(preset, command, apply_overrides(getattr(preset, command),
+                                                 {**sets["train"], **sets[command], **flags}, "train"))
     else:
         preset.train = apply_overrides(preset.train, {**sets["train"], **flags}, "train")
-        preset.sft = apply_overrides(preset.sft, sets["sft"], "sft")
+    for stage in stages:
+        if stage != command:
+            setattr(preset, stage, apply_overrides(getattr(preset, stage), sets[stage], stage))
     return name, preset, sets["model"]
 
 
@@ -150,6 +154,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", default=None, metavar="HF_DIR",
                    help="start from a local HF checkpoint instead of the run's pre-trained model")
     p.add_argument("--force", action="store_true", help="discard an existing checkpoint and start over")
+
+    p = sub.add_parser("rm", help="reward model from ranked answers (`rm score` scores conversations)")
+    p.add_argument("action", nargs="?", default="train", choices=["train", "score"])
+    _add_run(p)
+    _add_train_flags(p)
+    p.add_argument("--data", nargs="+", default=None,
+                   help="rankings / chosen-rejected .jsonl files (default world/rankings.jsonl)")
+    p.add_argument("--on-bad-record", default="error", choices=["error", "skip"])
+    p.add_argument("--from", dest="init", default="sft", choices=["sft", "base"],
+                   help="the run's model stage to start from (default sft)")
+    p.add_argument("--init-from", default=None, metavar="HF_DIR", help="start from a local HF checkpoint")
+    p.add_argument("--force", action="store_true", help="discard an existing checkpoint and start over")
+    p.add_argument("--input", default=None, help="rm score: jsonl of conversations ({'messages': [...]})")
+    p.add_argument("--output", default=None, help="rm score: write the records with a 'score' field here")
 
     p = sub.add_parser("eval", help="score a model stage on the world's held-out capability suite")
     _add_run(p)
@@ -272,6 +290,30 @@ def main(argv: list[str] | None = None) -> int:
             if is_main_process():
                 print(f"sft done: step {summary['step']}, val loss {summary.get('val/loss', float('nan')):.4f}, "
                       f"kept the step-{summary['selected_step']} checkpoint -> {summary['model_dir']}")
+        elif args.command == "rm" and args.action == "score":
+            from chatforge.train.rm import score_file
+
+            if not args.input:
+                raise ChatforgeError("rm score needs --input conversations.jsonl")
+            scores = score_file(args.run, args.input, args.output)
+            if not args.output:
+                print("\n".join(f"{s:.4f}" for s in scores))
+            else:
+                print(f"{len(scores)} scores written to {args.output}")
+        elif args.command == "rm":
+            from chatforge.run import is_main_process
+            from chatforge.train.rm import RMOptions, run_rm
+
+            _, preset, model_over = _resolve_preset(args, "rm")
+            if model_over:
+                raise ChatforgeError("rm trains the shape it starts from; --set model.* is not accepted here")
+            summary = run_rm(args.run, preset.rm, RMOptions(data=args.data, on_bad=args.on_bad_record,
+                                                            init=args.init, init_from=args.init_from),
+                             fresh=args.force)
+            if is_main_process():
+                acc = summary["eval"]["pairwise_accuracy"]
+                shown = f"{100 * acc['overall']['accuracy']:.1f}%" if acc else "n/a (no held-out comparisons)"
+                print(f"rm done: step {summary['step']}, held-out pairwise accuracy {shown} -> {summary['model_dir']}")
         elif args.command == "eval":
             from chatforge.eval.suite import format_table, run_suite
 

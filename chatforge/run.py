@@ -15,7 +15,7 @@ from pathlib import Path
 from chatforge import ChatforgeError
 
 STAGE_DIRS = {"world": "world", "tokenizer": "tokenizer", "data": "data", "pretrain": "base", "sft": "sft",
-              "eval": "eval"}
+              "rm": "rm", "eval": "eval"}
 MODEL_STAGES = {"base": "base", "sft": "sft"}  # --stage names accepted by sample/chat/eval/export -> folder
 
 

@@ -113,7 +113,7 @@ def load_samples(paths: list[str | Path], tok: Tokenizer, seq_len: int, on_bad: 
     = N > 0, every N-th kept conversation goes to validation (held out from training)."""
     if on_bad not in ON_BAD:
         raise ChatforgeError(f"--on-bad-record {on_bad!r}: expected one of {ON_BAD}")
-    files = _files(paths)
+    files = jsonl_files(paths)
     report = LoadReport()
     train, val = [], []
     for f in files:
@@ -150,7 +150,7 @@ def load_samples(paths: list[str | Path], tok: Tokenizer, seq_len: int, on_bad: 
     return train, val, report
 
 
-def _files(paths: list[str | Path]) -> list[Path]:
+def jsonl_files(paths: list[str | Path]) -> list[Path]:
     out = []
     for p in map(Path, paths):
         if p.is_dir():
