@@ -43,7 +43,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--activation-checkpointing", dest="train_activation_checkpointing", action="store_const",
                    const=True, default=None, help="recompute activations in backward to save memory")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                   help="override any model./train./sft./rm. field, e.g. --set model.n_layer=6 --set sft.max_steps=100")
+                   help="override any model./train./sft./rm./dpo. field, e.g. --set model.n_layer=6 --set sft.max_steps=100")
 
 
 def _preset_name(args) -> str:
@@ -66,7 +66,7 @@ def _resolve_preset(args, command: str = "pretrain"):
     preset = get_preset(name)
     sets = parse_set_args(args.set)
     flags = {k.removeprefix("train_"): v for k, v in vars(args).items() if k.startswith("train_") and v is not None}
-    stages = ("sft", "rm")  # stages with their own training settings in the preset (--set sft.X=, rm.X=)
+    stages = ("sft", "rm", "dpo")  # stages with their own training settings in the preset (--set sft.X=, ...)
     if command in stages:
         setattr(preset, command, apply_overrides(getattr(preset, command),
                                                  {**sets["train"], **sets[command], **flags}, "train"))
@@ -168,6 +168,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="discard an existing checkpoint and start over")
     p.add_argument("--input", default=None, help="rm score: jsonl of conversations ({'messages': [...]})")
     p.add_argument("--output", default=None, help="rm score: write the records with a 'score' field here")
+
+    p = sub.add_parser("dpo", help="direct preference optimisation from the rankings (no reward model)")
+    _add_run(p)
+    _add_train_flags(p)
+    p.add_argument("--data", nargs="+", default=None, help="rankings / chosen-rejected .jsonl (default the world's)")
+    p.add_argument("--on-bad-record", default="error", choices=["error", "skip"])
+    p.add_argument("--beta", type=float, default=0.1, help="strength of the implicit KL to the reference")
+    p.add_argument("--from", dest="init", default="sft", choices=["sft", "base"])
+    p.add_argument("--force", action="store_true", help="discard an existing checkpoint and start over")
 
     p = sub.add_parser("eval", help="score a model stage on the world's held-out capability suite")
     _add_run(p)
@@ -314,6 +323,19 @@ def main(argv: list[str] | None = None) -> int:
                 acc = summary["eval"]["pairwise_accuracy"]
                 shown = f"{100 * acc['overall']['accuracy']:.1f}%" if acc else "n/a (no held-out comparisons)"
                 print(f"rm done: step {summary['step']}, held-out pairwise accuracy {shown} -> {summary['model_dir']}")
+        elif args.command == "dpo":
+            from chatforge.run import is_main_process
+            from chatforge.train.dpo import DPOOptions, run_dpo
+
+            _, preset, model_over = _resolve_preset(args, "dpo")
+            if model_over:
+                raise ChatforgeError("dpo trains the shape it starts from; --set model.* is not accepted here")
+            summary = run_dpo(args.run, preset.dpo, DPOOptions(data=args.data, on_bad=args.on_bad_record,
+                                                               beta=args.beta, init=args.init), fresh=args.force)
+            if is_main_process():
+                acc = summary["eval"]["heldout_preference_accuracy"]["accuracy"]
+                shown = f"{100 * acc:.1f}%" if acc is not None else "n/a"
+                print(f"dpo done: step {summary['step']}, held-out preference accuracy {shown} -> {summary['model_dir']}")
         elif args.command == "eval":
             from chatforge.eval.suite import format_table, run_suite
 

@@ -58,6 +58,11 @@ class Preset:
     sft: TrainConfig = field(default_factory=lambda: TrainConfig(
         max_steps=300, batch_size=16, seq_len=256, lr=1e-3, warmup_steps=10, weight_decay=0.0,
         eval_every=50, eval_batches=8, save_every=50, log_every=10))
+    # DPO: batch_size counts prompts (all pairs of their rankings); low lr, as the DPO paper (5e-7 for 7B;
+    # small models tolerate more)
+    dpo: TrainConfig = field(default_factory=lambda: TrainConfig(
+        max_steps=150, batch_size=8, seq_len=256, lr=1e-4, warmup_steps=10, weight_decay=0.0,
+        eval_every=50, eval_batches=8, save_every=50, log_every=10))
     # reward model: batch_size counts prompts (each with its K ranked answers); about one epoch, as in
     # InstructGPT (more overfits the comparisons)
     rm: TrainConfig = field(default_factory=lambda: TrainConfig(
@@ -136,7 +141,7 @@ def apply_overrides(obj, overrides: dict[str, object], section: str):
 
 def parse_set_args(items: list[str]) -> dict[str, dict[str, str]]:
     """['model.n_layer=6', 'train.lr=1e-3'] -> {'model': {'n_layer': '6'}, 'train': {'lr': '1e-3'}}."""
-    out: dict[str, dict[str, str]] = {"model": {}, "train": {}, "sft": {}, "rm": {}}
+    out: dict[str, dict[str, str]] = {"model": {}, "train": {}, "sft": {}, "rm": {}, "dpo": {}}
     for item in items:
         key, sep, value = item.partition("=")
         section, dot, name = key.partition(".")

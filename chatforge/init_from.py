@@ -135,11 +135,9 @@ def init_settings_of_run(run: str | Path) -> dict:
 
 def load_init_weights(run: str | Path, model: GPT) -> None:
     """Copy <run>/init's weights into `model` (same shape; dropout and the like may differ)."""
-    from safetensors.torch import load_file
+    from chatforge.model import load_state
 
-    sd = load_file(str(Path(run) / INIT_DIR / "model.safetensors"))
-    if model.cfg.tie_embeddings:
-        sd.setdefault("lm_head.weight", sd["wte.weight"])
+    sd = load_state(Path(run) / INIT_DIR, model.cfg)
     try:
         model.load_state_dict(sd)
     except RuntimeError as e:

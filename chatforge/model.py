@@ -446,6 +446,19 @@ def load_config(model_dir: str | Path) -> ModelConfig:
         raise ChatforgeError(f"{f}: not valid JSON ({e.msg})") from None
 
 
+def load_state(model_dir: str | Path, cfg: ModelConfig | None = None) -> dict:
+    """A model folder's weights as a state dict (a tied lm_head filled in from the embedding)."""
+    from safetensors.torch import load_file
+
+    f = Path(model_dir) / "model.safetensors"
+    if not f.is_file():
+        raise ChatforgeError(f"{f}: missing; the stage that writes {model_dir} has not finished")
+    sd = load_file(str(f))
+    if (cfg or load_config(model_dir)).tie_embeddings and "wte.weight" in sd:
+        sd.setdefault("lm_head.weight", sd["wte.weight"])
+    return sd
+
+
 def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> GPT:
     from safetensors.torch import load_file
 

@@ -3,7 +3,7 @@
     chatforge pipeline --run runs/demo --preset tiny [--until pretrain] [--force] [--max-steps N]
     chatforge pipeline --run runs/qwen --init-from /models/Qwen2-0.5B --data corpus.jsonl   # from a checkpoint
 
-Stages: world -> tokenizer -> data -> pretrain -> sft -> rm -> eval (PPO/DPO are added by later stages).
+Stages: world -> tokenizer -> data -> pretrain -> sft -> rm -> dpo -> eval (PPO comes next, after rm).
 The tokenizer is trained before the token shards are written (the shards need its ids); the
 text-cleaning part of the data stage will run before the tokenizer once it exists.
 """
@@ -17,7 +17,7 @@ from chatforge import ChatforgeError
 from chatforge.config import Preset
 from chatforge.run import read_stage_info, stage_dir, write_run_info
 
-STAGES = ["world", "tokenizer", "data", "pretrain", "sft", "rm", "eval"]
+STAGES = ["world", "tokenizer", "data", "pretrain", "sft", "rm", "dpo", "eval"]
 
 
 def _brief(stage: str, result) -> str:
@@ -37,6 +37,9 @@ def _brief(stage: str, result) -> str:
     if stage == "rm":
         acc = (result.get("eval", {}).get("pairwise_accuracy") or {}).get("overall", {}).get("accuracy")
         return f" (held-out pairwise accuracy {100 * acc:.1f}%)" if acc is not None else ""
+    if stage == "dpo":
+        acc = result.get("eval", {}).get("heldout_preference_accuracy", {}).get("accuracy")
+        return f" (held-out preference accuracy {100 * acc:.1f}%)" if acc is not None else ""
     if stage == "pretrain":
         return f" (loss {result.get('train/loss', float('nan')):.3f}, val loss {result.get('val/loss', float('nan')):.3f})"
     return ""
@@ -54,6 +57,7 @@ def run_pipeline(run: str | Path, preset_name: str, preset: Preset, until: str |
     from chatforge.eval.suite import run_eval_stage
     from chatforge.init_from import import_into_run, init_settings
     from chatforge.tokenizer import Tokenizer, run_tokenizer_stage, tokenizer_settings
+    from chatforge.train.dpo import DPOOptions, plan_dpo, run_dpo
     from chatforge.train.pretrain import plan_pretrain, run_pretrain
     from chatforge.train.rm import RMOptions, plan_rm, run_rm
     from chatforge.train.sft import SFTOptions, plan_sft, run_sft
@@ -68,8 +72,9 @@ def run_pipeline(run: str | Path, preset_name: str, preset: Preset, until: str |
     if sft.init_from:
         raise ChatforgeError("in the pipeline, SFT starts from the run's pre-trained model; give --init-from "
                              "to the pipeline (it seeds pre-training) instead")
-    evaluated = ["base", "sft"]
+    evaluated = ["base", "sft", "dpo"]
     rm = RMOptions(on_bad=sft.on_bad)  # the world's rankings, from the SFT model
+    dpo = DPOOptions(on_bad=sft.on_bad)
     settings = {
         "world": lambda: world_settings(seed, preset.world_size),
         "tokenizer": lambda: init_settings(init_from) if init_from else tokenizer_settings(preset.vocab_size, data),
@@ -77,6 +82,7 @@ def run_pipeline(run: str | Path, preset_name: str, preset: Preset, until: str |
         "pretrain": lambda: plan_pretrain(run, preset.model, preset.train, model_overrides, bool(init_from))[1],
         "sft": lambda: plan_sft(run, preset.sft, sft),
         "rm": lambda: plan_rm(run, preset.rm, rm),
+        "dpo": lambda: plan_dpo(run, preset.dpo, dpo),
         "eval": lambda: {"stages": evaluated},
     }
     redo = force
@@ -89,6 +95,7 @@ def run_pipeline(run: str | Path, preset_name: str, preset: Preset, until: str |
                                          init_from=bool(init_from)),
         "sft": lambda: run_sft(run, preset.sft, sft, fresh=redo),
         "rm": lambda: run_rm(run, preset.rm, rm, fresh=redo),
+        "dpo": lambda: run_dpo(run, preset.dpo, dpo, fresh=redo),
         "eval": lambda: run_eval_stage(run, evaluated),
     }
     results: dict = {}
@@ -98,6 +105,7 @@ def run_pipeline(run: str | Path, preset_name: str, preset: Preset, until: str |
         skip = {"world": "not needed (--data given)",
                 "sft": "skipped (--data given and no --sft-data: the world's demonstrations aren't built)",
                 "rm": "skipped (--data given: the world's rankings aren't built)",
+                "dpo": "skipped (--data given: the world's rankings aren't built)",
                 "eval": "skipped (the suite scores the built-in world; --data given)"}
         if data and name in skip and not (name == "sft" and sft.data):
             print(f"{tag}: {skip[name]}", flush=True)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from chatforge import ChatforgeError
-from chatforge.model import GPT, ModelConfig, load_config, save_model
+from chatforge.model import GPT, ModelConfig, load_config, load_state, save_model
 
 
 class RewardModel(GPT):
@@ -80,9 +80,7 @@ def load_reward_model(folder: str | Path, device: str | torch.device = "cpu"):
         raise ChatforgeError(f"{head}: missing; is {folder} a reward model? (run `chatforge rm --run ...`)")
     cfg = load_config(folder)
     model = RewardModel(cfg)
-    sd = load_file(str(folder / "model.safetensors"))
-    if cfg.tie_embeddings:
-        sd.setdefault("lm_head.weight", sd["wte.weight"])
+    sd = load_state(folder, cfg)
     h = load_file(str(head))
     sd.update({"reward_head.weight": h["weight"], "reward_head.bias": h["bias"]})
     model.load_state_dict(sd)

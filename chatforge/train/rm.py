@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from chatforge import ChatforgeError
 from chatforge.config import TrainConfig
-from chatforge.model import load_config
+from chatforge.model import load_config, load_state
 from chatforge.reward import RewardModel, save_reward_model, score_ids
 from chatforge.run import (
     atomic_write_text,
@@ -201,13 +201,8 @@ def run_rm(run: str | Path, tcfg: TrainConfig, opts: RMOptions, fresh: bool = Fa
         atomic_write_text(out / "train_config.json", json.dumps(asdict(tcfg), indent=2))
 
     def make_model() -> RewardModel:
-        from safetensors.torch import load_file
-
         model = RewardModel(mcfg)
-        sd = load_file(str(src / "model.safetensors"))
-        if mcfg.tie_embeddings:
-            sd.setdefault("lm_head.weight", sd["wte.weight"])
-        missing, unexpected = model.load_state_dict(sd, strict=False)
+        missing, unexpected = model.load_state_dict(load_state(src, mcfg), strict=False)
         if unexpected or set(missing) - {"reward_head.weight", "reward_head.bias"}:
             raise ChatforgeError(f"{src}: weights don't fit ({missing[:3]}, {unexpected[:3]})")
         return model

@@ -37,8 +37,10 @@ from chatforge.train.sft_data import (
 
 @dataclass
 class Scored:
-    """One conversation to score: its ids; the reward is read at its last position."""
+    """One conversation to score: its ids (the reward is read at its last position) and, for DPO, which
+    tokens are the answer's (assistant content + <|end|>)."""
     ids: np.ndarray
+    trained: np.ndarray | None = None
 
     @property
     def width(self) -> int:
@@ -116,10 +118,10 @@ def load_groups(paths: list[str | Path], tok: Tokenizer, max_len: int, on_bad: s
                 scored = []
                 for c in convs:
                     validate(c)
-                    ids = tokenize_conversation(tok, c)[0]
+                    ids, trained = tokenize_conversation(tok, c)
                     if len(ids) > max_len:
                         raise BadRecord("too long", f"{len(ids)} tokens, at most {max_len}")
-                    scored.append(Scored(np.asarray(ids, dtype=np.int64)))
+                    scored.append(Scored(np.asarray(ids, dtype=np.int64), np.asarray(trained, dtype=bool)))
             except BadRecord as e:
                 if on_bad == "error":
                     raise ChatforgeError(f"{f}:{n}: {e} (use --on-bad-record skip to skip such records "

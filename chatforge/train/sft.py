@@ -34,7 +34,7 @@ from tqdm import tqdm
 from chatforge import ChatforgeError
 from chatforge.config import TrainConfig
 from chatforge.data.shards import load_split, read_meta
-from chatforge.model import GPT, load_config, save_model
+from chatforge.model import GPT, load_config, load_state, save_model
 from chatforge.run import (
     atomic_write_text,
     is_main_process,
@@ -212,7 +212,7 @@ def run_sft(run: str | Path, tcfg: TrainConfig, opts: SFTOptions, fresh: bool = 
 
     def make_model() -> GPT:
         model = GPT(mcfg)
-        model.load_state_dict(_load_state(src, mcfg))
+        model.load_state_dict(load_state(src, mcfg))
         if opts.lora_rank:
             from chatforge.train.lora import add_lora
 
@@ -248,7 +248,7 @@ def run_sft(run: str | Path, tcfg: TrainConfig, opts: SFTOptions, fresh: bool = 
             sel = json.loads(selection_file.read_text())
             picked = int(sel.get("best_step", tcfg.max_steps))
             if picked != tcfg.max_steps and (out / "best" / "model.safetensors").is_file():
-                model.load_state_dict(_load_state(out / "best", model.cfg))
+                model.load_state_dict(load_state(out / "best", model.cfg))
         save_model(model, out)
         if opts.lora_rank:
             from safetensors.torch import save_file
@@ -266,12 +266,3 @@ def run_sft(run: str | Path, tcfg: TrainConfig, opts: SFTOptions, fresh: bool = 
     summary["model_dir"] = str(out)
     summary["selected_step"] = read_stage_info(out).get("selected_step") if is_main_process() else None
     return summary
-
-
-def _load_state(folder: Path, mcfg) -> dict:
-    from safetensors.torch import load_file
-
-    sd = load_file(str(folder / "model.safetensors"))
-    if mcfg.tie_embeddings:
-        sd.setdefault("lm_head.weight", sd["wte.weight"])
-    return sd
