@@ -43,7 +43,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--activation-checkpointing", dest="train_activation_checkpointing", action="store_const",
                    const=True, default=None, help="recompute activations in backward to save memory")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                   help="override any model./train./sft./rm./dpo. field, e.g. --set model.n_layer=6 --set sft.max_steps=100")
+                   help="override any model./train./sft./rm./dpo./ppo. field, e.g. --set model.n_layer=6 --set sft.max_steps=100")
 
 
 def _preset_name(args) -> str:
@@ -102,6 +102,21 @@ def _add_sft_flags(p: argparse.ArgumentParser, data: bool = True) -> None:
     p.add_argument("--no-select", action="store_true",
                    help="keep the last checkpoint instead of the best one on the instruction-following suite")
     p.add_argument("--select-limit", type=int, default=30, help="suite items per task when selecting")
+
+
+def _add_ppo_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per PPOConfig field (--kl-coef, --ptx-coef, --iterations, ...), defaults from the dataclass."""
+    from dataclasses import fields
+
+    from chatforge.train.ppo import PPOConfig
+
+    for f in fields(PPOConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            p.add_argument(flag, dest=f"ppo_{f.name}", action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            typ = float if f.name == "kl_target" else type(f.default)
+            p.add_argument(flag, dest=f"ppo_{f.name}", type=typ, default=f.default, help=f"default {f.default}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,6 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="init", default="sft", choices=["sft", "base"])
     p.add_argument("--force", action="store_true", help="discard an existing checkpoint and start over")
 
+    p = sub.add_parser("ppo", help="RLHF: PPO against the reward model with a KL penalty to the SFT model")
+    _add_run(p)
+    _add_ppo_flags(p)
+    p.add_argument("--force", action="store_true", help="discard an existing checkpoint and start over")
+
     p = sub.add_parser("eval", help="score a model stage on the world's held-out capability suite")
     _add_run(p)
     p.add_argument("--stage", default="base")
@@ -245,9 +265,13 @@ def main(argv: list[str] | None = None) -> int:
             from chatforge.pipeline import run_pipeline
 
             name, preset, model_over = _resolve_preset(args)
+            from chatforge.config import apply_overrides, parse_set_args
+            from chatforge.train.ppo import PPOConfig
+
+            ppo = apply_overrides(PPOConfig(), parse_set_args(args.set)["ppo"], "ppo")
             run_pipeline(args.run, name, preset, until=args.until, force=args.force, data=args.data,
                          model_overrides=model_over, seed=args.world_seed, init_from=args.init_from,
-                         sft=_sft_options(args, pipeline=True))
+                         sft=_sft_options(args, pipeline=True), ppo=ppo)
             from chatforge.run import stage_dir
 
             base, sft = stage_dir(args.run, "pretrain"), stage_dir(args.run, "sft")
@@ -336,6 +360,13 @@ def main(argv: list[str] | None = None) -> int:
                 acc = summary["eval"]["heldout_preference_accuracy"]["accuracy"]
                 shown = f"{100 * acc:.1f}%" if acc is not None else "n/a"
                 print(f"dpo done: step {summary['step']}, held-out preference accuracy {shown} -> {summary['model_dir']}")
+        elif args.command == "ppo":
+            from chatforge.train.ppo import PPOConfig, run_ppo
+
+            cfg = PPOConfig(**{k.removeprefix("ppo_"): v for k, v in vars(args).items() if k.startswith("ppo_")})
+            r = run_ppo(args.run, cfg, fresh=args.force)
+            print(f"ppo done: held-out RM reward sft {r['sft_reward']:.3f} -> ppo {r['ppo_reward']:.3f}, "
+                  f"win rate of ppo over sft {100 * r['ppo_win_rate_vs_sft']:.1f}% -> {r['model_dir']}")
         elif args.command == "eval":
             from chatforge.eval.suite import format_table, run_suite
 

@@ -141,7 +141,7 @@ def apply_overrides(obj, overrides: dict[str, object], section: str):
 
 def parse_set_args(items: list[str]) -> dict[str, dict[str, str]]:
     """['model.n_layer=6', 'train.lr=1e-3'] -> {'model': {'n_layer': '6'}, 'train': {'lr': '1e-3'}}."""
-    out: dict[str, dict[str, str]] = {"model": {}, "train": {}, "sft": {}, "rm": {}, "dpo": {}}
+    out: dict[str, dict[str, str]] = {"model": {}, "train": {}, "sft": {}, "rm": {}, "dpo": {}, "ppo": {}}
     for item in items:
         key, sep, value = item.partition("=")
         section, dot, name = key.partition(".")

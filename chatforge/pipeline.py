@@ -3,13 +3,14 @@
     chatforge pipeline --run runs/demo --preset tiny [--until pretrain] [--force] [--max-steps N]
     chatforge pipeline --run runs/qwen --init-from /models/Qwen2-0.5B --data corpus.jsonl   # from a checkpoint
 
-Stages: world -> tokenizer -> data -> pretrain -> sft -> rm -> dpo -> eval (PPO comes next, after rm).
+Stages: world -> tokenizer -> data -> pretrain -> sft -> rm -> ppo -> dpo -> eval.
 The tokenizer is trained before the token shards are written (the shards need its ids); the
 text-cleaning part of the data stage will run before the tokenizer once it exists.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from chatforge import ChatforgeError
 from chatforge.config import Preset
 from chatforge.run import read_stage_info, stage_dir, write_run_info
 
-STAGES = ["world", "tokenizer", "data", "pretrain", "sft", "rm", "dpo", "eval"]
+STAGES = ["world", "tokenizer", "data", "pretrain", "sft", "rm", "ppo", "dpo", "eval"]
 
 
 def _brief(stage: str, result) -> str:
@@ -37,6 +38,9 @@ def _brief(stage: str, result) -> str:
     if stage == "rm":
         acc = (result.get("eval", {}).get("pairwise_accuracy") or {}).get("overall", {}).get("accuracy")
         return f" (held-out pairwise accuracy {100 * acc:.1f}%)" if acc is not None else ""
+    if stage == "ppo":
+        return (f" (held-out RM reward sft {result['sft_reward']:.2f} -> ppo {result['ppo_reward']:.2f}, "
+                f"win rate {100 * result['ppo_win_rate_vs_sft']:.1f}%)")
     if stage == "dpo":
         acc = result.get("eval", {}).get("heldout_preference_accuracy", {}).get("accuracy")
         return f" (held-out preference accuracy {100 * acc:.1f}%)" if acc is not None else ""
@@ -47,7 +51,7 @@ def _brief(stage: str, result) -> str:
 
 def run_pipeline(run: str | Path, preset_name: str, preset: Preset, until: str | None = None,
                  force: bool = False, data: list[str] | None = None, model_overrides: dict | None = None,
-                 seed: int = 0, init_from: str | None = None, sft=None) -> dict:
+                 seed: int = 0, init_from: str | None = None, sft=None, ppo=None) -> dict:
     """Run the stages in order. A complete stage is skipped when it was made with the settings asked for
     now; if they differ, stop with the difference (nothing is overwritten) unless `force`. Once a stage
     runs, every later stage is rebuilt from scratch, since its inputs changed. `init_from` (a local HF
@@ -58,6 +62,7 @@ def run_pipeline(run: str | Path, preset_name: str, preset: Preset, until: str |
     from chatforge.init_from import import_into_run, init_settings
     from chatforge.tokenizer import Tokenizer, run_tokenizer_stage, tokenizer_settings
     from chatforge.train.dpo import DPOOptions, plan_dpo, run_dpo
+    from chatforge.train.ppo import PPOConfig, ppo_settings, run_ppo
     from chatforge.train.pretrain import plan_pretrain, run_pretrain
     from chatforge.train.rm import RMOptions, plan_rm, run_rm
     from chatforge.train.sft import SFTOptions, plan_sft, run_sft
@@ -72,7 +77,8 @@ def run_pipeline(run: str | Path, preset_name: str, preset: Preset, until: str |
     if sft.init_from:
         raise ChatforgeError("in the pipeline, SFT starts from the run's pre-trained model; give --init-from "
                              "to the pipeline (it seeds pre-training) instead")
-    evaluated = ["base", "sft", "dpo"]
+    evaluated = ["base", "sft", "ppo", "dpo"]
+    ppo = ppo or PPOConfig()
     rm = RMOptions(on_bad=sft.on_bad)  # the world's rankings, from the SFT model
     dpo = DPOOptions(on_bad=sft.on_bad)
     settings = {
@@ -82,6 +88,7 @@ def run_pipeline(run: str | Path, preset_name: str, preset: Preset, until: str |
         "pretrain": lambda: plan_pretrain(run, preset.model, preset.train, model_overrides, bool(init_from))[1],
         "sft": lambda: plan_sft(run, preset.sft, sft),
         "rm": lambda: plan_rm(run, preset.rm, rm),
+        "ppo": lambda: json.loads(json.dumps(ppo_settings(run, ppo))),
         "dpo": lambda: plan_dpo(run, preset.dpo, dpo),
         "eval": lambda: {"stages": evaluated},
     }
@@ -95,6 +102,7 @@ def run_pipeline(run: str | Path, preset_name: str, preset: Preset, until: str |
                                          init_from=bool(init_from)),
         "sft": lambda: run_sft(run, preset.sft, sft, fresh=redo),
         "rm": lambda: run_rm(run, preset.rm, rm, fresh=redo),
+        "ppo": lambda: run_ppo(run, ppo, fresh=redo),
         "dpo": lambda: run_dpo(run, preset.dpo, dpo, fresh=redo),
         "eval": lambda: run_eval_stage(run, evaluated),
     }
@@ -105,6 +113,7 @@ def run_pipeline(run: str | Path, preset_name: str, preset: Preset, until: str |
         skip = {"world": "not needed (--data given)",
                 "sft": "skipped (--data given and no --sft-data: the world's demonstrations aren't built)",
                 "rm": "skipped (--data given: the world's rankings aren't built)",
+                "ppo": "skipped (--data given: the world's prompts and rankings aren't built)",
                 "dpo": "skipped (--data given: the world's rankings aren't built)",
                 "eval": "skipped (the suite scores the built-in world; --data given)"}
         if data and name in skip and not (name == "sft" and sft.data):

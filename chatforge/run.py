@@ -15,8 +15,8 @@ from pathlib import Path
 from chatforge import ChatforgeError
 
 STAGE_DIRS = {"world": "world", "tokenizer": "tokenizer", "data": "data", "pretrain": "base", "sft": "sft",
-              "rm": "rm", "dpo": "dpo", "eval": "eval"}
-MODEL_STAGES = {"base": "base", "sft": "sft", "dpo": "dpo"}  # --stage names accepted by sample/chat/eval/export -> folder
+              "rm": "rm", "ppo": "ppo", "dpo": "dpo", "eval": "eval"}
+MODEL_STAGES = {"base": "base", "sft": "sft", "ppo": "ppo", "dpo": "dpo"}  # --stage names accepted by sample/chat/eval/export -> folder
 
 
 def require_run(run: str | Path) -> Path:

@@ -14,7 +14,7 @@ def test_pipeline_until_then_resume_and_skip(tmp_path, capsys):
     run = tmp_path / "demo"
     assert main(["pipeline", "--run", str(run), "--preset", "tiny", "--until", "data", *FAST]) == 0
     out = capsys.readouterr().out
-    assert "[3/8] data: done" in out and "pretrain" not in out
+    assert "[3/9] data: done" in out and "pretrain" not in out
     assert (run / "data" / "meta.json").exists() and not (run / "base").exists()
     assert json.loads((run / "run.json").read_text())["preset"] == "tiny"
     stats = json.loads((run / "tokenizer" / "stats.json").read_text())
@@ -24,7 +24,7 @@ def test_pipeline_until_then_resume_and_skip(tmp_path, capsys):
     out = capsys.readouterr().out
     for stage in ("world", "tokenizer", "data"):
         assert f"{stage}: complete, skipping" in out
-    assert "[4/8] pretrain: done" in out and "model ready" in out
+    assert "[4/9] pretrain: done" in out and "model ready" in out
     assert (run / "base" / "model.safetensors").exists()
 
     assert main(["pipeline", "--run", str(run), "--until", "pretrain", *FAST]) == 0
@@ -36,7 +36,7 @@ def test_pipeline_until_then_resume_and_skip(tmp_path, capsys):
     assert "base is complete but was made with other settings" in err and "max_steps" in err
     assert main(["pipeline", "--run", str(run), "--until", "pretrain", *FAST, "--max-steps", "4", "--force"]) == 0
     out = capsys.readouterr().out
-    assert "resuming" not in out and "[1/8] world: running" in out and "[4/8] pretrain: done" in out
+    assert "resuming" not in out and "[1/9] world: running" in out and "[4/9] pretrain: done" in out
     steps = [json.loads(line)["step"] for line in (run / "base" / "metrics.jsonl").read_text().splitlines()
              if "train/loss" in line]
     assert steps == [1, 2, 3, 4]
@@ -61,17 +61,19 @@ SFT_FAST = ["--set", "sft.max_steps=2", "--set", "sft.seq_len=64", "--set", "sft
             "--select-limit", "2", "--set", "rm.max_steps=2", "--set", "rm.seq_len=64", "--set", "rm.batch_size=2",
             "--set", "rm.eval_every=2", "--set", "rm.eval_batches=1", "--set", "dpo.max_steps=2",
             "--set", "dpo.seq_len=64", "--set", "dpo.batch_size=2", "--set", "dpo.eval_every=2",
-            "--set", "dpo.eval_batches=1"]
+            "--set", "dpo.eval_batches=1", "--set", "ppo.iterations=1", "--set", "ppo.rollout_prompts=2",
+            "--set", "ppo.minibatch=2", "--set", "ppo.max_new_tokens=4", "--set", "ppo.eval_prompts=2"]
 
 
 def test_pipeline_runs_sft_rm_dpo_then_evaluates_the_models(tmp_path, capsys):
     run = tmp_path / "demo"
     assert main(["pipeline", "--run", str(run), *FAST, *SFT_FAST]) == 0
     out = capsys.readouterr().out
-    assert "[5/8] sft: done" in out and "kept the step-2 checkpoint" in out and "[8/8] eval: done" in out
-    assert "[6/8] rm: done" in out and "held-out pairwise accuracy" in out
+    assert "[5/9] sft: done" in out and "kept the step-2 checkpoint" in out and "[9/9] eval: done" in out
+    assert "[6/9] rm: done" in out and "held-out pairwise accuracy" in out
     assert (run / "rm" / "reward_head.safetensors").exists()
-    assert "[7/8] dpo: done" in out and "stage dpo (chat)" in out and (run / "eval" / "dpo.json").exists()
+    assert "[7/9] ppo: done" in out and "win rate" in out and (run / "ppo" / "eval.json").exists()
+    assert "[8/9] dpo: done" in out and "stage dpo (chat)" in out and (run / "eval" / "dpo.json").exists()
     assert "stage sft (chat)" in out and "stage base (3-shot)" in out
     assert (run / "sft" / "model.safetensors").exists() and (run / "eval" / "sft.json").exists()
     report = json.loads((run / "sft" / "data_report.json").read_text())

@@ -1,0 +1,414 @@
+"""RLHF with PPO (InstructGPT step 3): improve the SFT policy against the reward model, held close to the
+SFT model by a per-token KL penalty, optionally with pre-training gradients mixed in (PPO-ptx).
+
+    chatforge ppo --run runs/demo [--iterations 40] [--kl-coef 0.05] [--ptx-coef 0.0] [--kl-estimator k1]
+
+One iteration:
+1. rollout: `rollout_prompts` prompts from world/prompts.jsonl (every 5th held out for evaluation) are
+   answered by the policy through the shared engine (KV cache), sampling at `temperature`, up to
+   `max_new_tokens`, stopping at <|end|>;
+2. scoring: the reward model (normalised: SFT answers score mean 0, std 1) scores each answer at its <|end|>;
+   an answer that never ends is scored where it was cut and loses `missing_eos_penalty`;
+3. per-token rewards: -beta * KL(policy || reference) at every answer token (k1: log p - log p_ref, or the
+   k3 estimator), plus the score on the last token; beta fixed or adapted to a KL target (Ziegler et al.);
+4. advantages by GAE (gamma, lambda) from the value model (initialised from the reward model), whitened
+   over the answer tokens of the batch;
+5. `ppo_epochs` passes over minibatches: clipped policy loss, clipped value loss, and with ptx_coef > 0
+   ptx_coef x the language-modelling loss on pre-training windows, in the same backward pass.
+Log-probabilities use logits / temperature in rollout and training alike; dropout is off; prompt and
+padding positions carry no loss. Metrics use TRL's names (objective/kl, policy/clipfrac_avg, ...) and go
+to `ppo/metrics.jsonl`; a checkpoint after every iteration makes the run resumable. Writes `<run>/ppo/`
+(the policy, a model folder) and `ppo/eval.json`: held-out RM reward of SFT vs PPO answers and the
+RM-judged win rate of PPO over SFT.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from chatforge import ChatforgeError
+from chatforge.engine import Engine, SamplingParams
+from chatforge.model import GPT, load_config, load_state, save_model
+from chatforge.reward import RewardModel, load_reward_model, score_ids
+from chatforge.run import atomic_write_text, mark_complete, read_stage_info, require_run, stage_dir
+from chatforge.tokenizer import Tokenizer, copy_tokenizer_files
+from chatforge.train.sampler import EpochOrder, WindowSampler
+
+HELDOUT_EVERY = 5
+
+
+@dataclass
+class PPOConfig:
+    iterations: int = 40
+    rollout_prompts: int = 32
+    minibatch: int = 8
+    ppo_epochs: int = 2
+    max_new_tokens: int = 48
+    temperature: float = 1.0
+    lr: float = 5e-5
+    cliprange: float = 0.2
+    cliprange_value: float = 0.2
+    vf_coef: float = 0.1
+    gamma: float = 1.0
+    lam: float = 0.95
+    kl_coef: float = 0.1
+    kl_estimator: str = "k1"  # k1 | k3
+    kl_target: float | None = None  # adaptive beta when set (nats per answer)
+    kl_horizon: int = 10000
+    missing_eos_penalty: float = 1.0
+    ptx_coef: float = 0.0
+    ptx_rows: int = 4
+    ptx_seq_len: int = 128
+    whiten_advantages: bool = True
+    grad_clip: float = 1.0
+    seed: int = 1337
+    eval_prompts: int = 60
+    device: str = "auto"
+
+    def validate(self) -> None:
+        if self.kl_estimator not in ("k1", "k3"):
+            raise ChatforgeError(f"--kl-estimator {self.kl_estimator!r}: expected k1 or k3")
+        for name in ("iterations", "rollout_prompts", "minibatch", "ppo_epochs", "max_new_tokens"):
+            if getattr(self, name) <= 0:
+                raise ChatforgeError(f"--{name.replace('_', '-')} must be positive")
+        if self.temperature <= 0:
+            raise ChatforgeError("--temperature must be positive for PPO (it samples)")
+        if not 0 <= self.lam <= 1 or not 0 <= self.gamma <= 1:
+            raise ChatforgeError("--lam and --gamma must be in [0, 1]")
+
+
+# -- the pieces, each testable on its own ----------------------------------------------------------------
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """(x - mean) / std over the masked positions; masked-out positions become 0."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    return (x - mean) * torch.rsqrt(var + eps) * mask
+
+
+def token_logprobs(model: GPT, x: torch.Tensor, targets: torch.Tensor, temperature: float,
+                   with_entropy: bool = False):
+    """log p(targets[t] | x[:t+1]) with logits / temperature -> (B, L) (and the entropy per position)."""
+    logits, _ = model(x)
+    logp = torch.log_softmax(logits.float() / temperature, -1)
+    lp = logp.gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1)
+    if not with_entropy:
+        return lp
+    return lp, -(logp.exp() * logp).sum(-1)
+
+
+def token_values(value_model: RewardModel, x: torch.Tensor) -> torch.Tensor:
+    """The value head at every position -> (B, L)."""
+    hidden, _ = value_model(x, return_hidden=True)
+    return value_model.reward_head(hidden).squeeze(-1).float()
+
+
+def kl_per_token(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> torch.Tensor:
+    log_ratio = logp - ref_logp
+    if estimator == "k1":
+        return log_ratio
+    return torch.expm1(-log_ratio) + log_ratio  # k3: (r - 1) - log r with r = p_ref / p; unbiased, >= 0
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float):
+    """Generalised advantage estimation over the masked (answer) positions of each row -> (advantages,
+    returns); the value after an answer's last token is 0."""
+    B, L = rewards.shape
+    adv = torch.zeros_like(rewards)
+    for b in range(B):
+        idx = mask[b].nonzero().flatten().tolist()
+        last, next_value = 0.0, 0.0
+        for t in reversed(idx):
+            delta = rewards[b, t] + gamma * next_value - values[b, t]
+            last = delta + gamma * lam * last
+            adv[b, t] = last
+            next_value = values[b, t]
+    return adv * mask, (adv + values) * mask
+
+
+@dataclass
+class Rollouts:
+    x: torch.Tensor  # (B, L) inputs: prompt + answer minus the last token, right-padded
+    targets: torch.Tensor  # (B, L) next tokens (-100 on padding)
+    mask: torch.Tensor  # (B, L) float: 1 where the target is an answer token
+    ended: list[bool]
+    scores: torch.Tensor  # (B,) RM score after the missing-<|end|> penalty
+    prompts: list[list[int]]
+    answers: list[list[int]]
+
+
+def build_rollouts(prompts: list[list[int]], answers: list[list[int]], ended: list[bool], pad_id: int,
+                   scores: torch.Tensor) -> Rollouts:
+    full = [p + a for p, a in zip(prompts, answers)]
+    L = max(len(f) for f in full) - 1
+    x = torch.full((len(full), L), pad_id, dtype=torch.long)
+    targets = torch.full((len(full), L), -100, dtype=torch.long)
+    mask = torch.zeros(len(full), L)
+    for b, (p, f) in enumerate(zip(prompts, full)):
+        n = len(f) - 1
+        x[b, :n] = torch.tensor(f[:-1])
+        targets[b, :n] = torch.tensor(f[1:])
+        mask[b, len(p) - 1:n] = 1.0  # positions whose target is an answer token
+    return Rollouts(x, targets, mask, ended, scores, prompts, answers)
+
+
+def ppo_losses(policy: GPT, value_model: RewardModel, mb: dict, cfg: PPOConfig):
+    """(policy loss, value loss, stats) of one minibatch."""
+    new_lp, entropy = token_logprobs(policy, mb["x"], mb["targets"], cfg.temperature, with_entropy=True)
+    mask = mb["mask"]
+    log_ratio = (new_lp - mb["old_logp"]) * mask
+    ratio = torch.exp(log_ratio)
+    pg1 = -mb["advantages"] * ratio
+    pg2 = -mb["advantages"] * torch.clamp(ratio, 1 - cfg.cliprange, 1 + cfg.cliprange)
+    pg_loss = masked_mean(torch.max(pg1, pg2), mask)
+    vpred = token_values(value_model, mb["x"])
+    vclip = mb["old_values"] + torch.clamp(vpred - mb["old_values"], -cfg.cliprange_value, cfg.cliprange_value)
+    vf_loss = 0.5 * masked_mean(torch.max((vpred - mb["returns"]) ** 2, (vclip - mb["returns"]) ** 2), mask)
+    with torch.no_grad():
+        stats = {"approxkl": float(0.5 * masked_mean(log_ratio ** 2, mask)),
+                 "clipfrac": float(masked_mean(((ratio - 1).abs() > cfg.cliprange).float(), mask)),
+                 "ratio": float(masked_mean(ratio, mask)), "entropy": float(masked_mean(entropy, mask)),
+                 "vf_clipfrac": float(masked_mean(((vpred - mb["old_values"]).abs() > cfg.cliprange_value).float(),
+                                                  mask))}
+    return pg_loss, vf_loss, stats
+
+
+class PPOTrainer:
+    """Holds the four models and does rollouts and updates; `run_ppo` drives it and handles files."""
+
+    def __init__(self, policy: GPT, reference: GPT, value_model: RewardModel, reward_model: RewardModel,
+                 tok: Tokenizer, cfg: PPOConfig, ptx: WindowSampler | None = None):
+        self.policy, self.ref, self.value, self.rm, self.tok, self.cfg, self.ptx = \
+            policy, reference, value_model, reward_model, tok, cfg, ptx
+        for m in (self.ref, self.rm):
+            m.eval().requires_grad_(False)
+        # no weight decay: with zero advantages an update must leave the policy exactly as it is
+        self.opt = torch.optim.AdamW([*policy.parameters(), *value_model.parameters()], lr=cfg.lr,
+                                     weight_decay=0.0, betas=(0.9, 0.95))
+        self.kl_coef = cfg.kl_coef
+        self.device = next(policy.parameters()).device
+
+    # -- rollout -------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]], seed: int, temperature: float | None = None):
+        engine = Engine(self.policy.eval(), self.tok, max_batch=len(prompts))
+        engine.default_stop_ids = (self.tok.end_id,)  # "stop" then means the answer ended with <|end|>
+        t = self.cfg.temperature if temperature is None else temperature
+        params = [SamplingParams(max_tokens=self.cfg.max_new_tokens, temperature=t, seed=seed + i)
+                  for i in range(len(prompts))]
+        outs = engine.generate(prompts, params)
+        ended = [o.finish_reason == "stop" for o in outs]
+        answers = [o.token_ids + ([self.tok.end_id] if e else []) for o, e in zip(outs, ended)]
+        return answers, ended, outs
+
+    @torch.no_grad()
+    def score(self, prompts, answers, ended) -> torch.Tensor:
+        raw = score_ids(self.rm, [p + a for p, a in zip(prompts, answers)], self.tok.pad_id, normalised=True)
+        return torch.tensor(raw) - self.cfg.missing_eos_penalty * (1 - torch.tensor(ended, dtype=torch.float))
+
+    @torch.no_grad()
+    def prepare(self, ro: Rollouts) -> dict:
+        """Old log-probs, reference log-probs, values, per-token rewards, advantages and returns."""
+        dev = self.device
+        x, targets, mask = ro.x.to(dev), ro.targets.to(dev), ro.mask.to(dev)
+        self.policy.train()  # the same mode as the update's forward (dropout is 0 in PPO, so no randomness)
+        old_logp = token_logprobs(self.policy, x, targets, self.cfg.temperature) * mask
+        ref_logp = token_logprobs(self.ref, x, targets, self.cfg.temperature) * mask
+        values = token_values(self.value, x) * mask
+        kl = kl_per_token(old_logp, ref_logp, self.cfg.kl_estimator) * mask
+        rewards = -self.kl_coef * kl
+        last = mask.cumsum(1).argmax(1)  # the final answer position of each row
+        rewards[torch.arange(len(last)), last] += ro.scores.to(dev)
+        adv, returns = gae(rewards.cpu(), values.cpu(), mask.cpu(), self.cfg.gamma, self.cfg.lam)
+        adv, returns = adv.to(dev), returns.to(dev)
+        if self.cfg.whiten_advantages:
+            adv = masked_whiten(adv, mask)
+        return {"x": x, "targets": targets, "mask": mask, "old_logp": old_logp, "ref_logp": ref_logp,
+                "old_values": values, "rewards": rewards, "advantages": adv, "returns": returns, "kl": kl}
+
+    # -- update --------------------------------------------------------------------------------------------
+    def update(self, batch: dict, iteration: int) -> dict:
+        cfg, n = self.cfg, batch["x"].shape[0]
+        self.policy.train()
+        self.value.train()
+        stats: dict[str, list[float]] = {}
+        rng = np.random.default_rng([cfg.seed, iteration])
+        for epoch in range(cfg.ppo_epochs):
+            order = rng.permutation(n)
+            for start in range(0, n, cfg.minibatch):
+                idx = torch.as_tensor(order[start:start + cfg.minibatch], device=self.device)
+                mb = {k: v[idx] for k, v in batch.items()}
+                pg_loss, vf_loss, s = ppo_losses(self.policy, self.value, mb, cfg)
+                loss = pg_loss + cfg.vf_coef * vf_loss
+                if cfg.ptx_coef > 0 and self.ptx is not None:
+                    g = (iteration * cfg.ppo_epochs + epoch) * 1000 + start
+                    px, py = self.ptx.batch(g, cfg.ptx_rows)
+                    ptx_loss = self.policy(px.to(self.device), py.to(self.device))[1]
+                    loss = loss + cfg.ptx_coef * ptx_loss
+                    s["ptx_loss"] = ptx_loss.item()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_([*self.policy.parameters(), *self.value.parameters()],
+                                               cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+                self.opt.step()
+                self.opt.zero_grad(set_to_none=True)
+                s.update(pg_loss=pg_loss.item(), vf_loss=vf_loss.item())
+                for k, v in s.items():
+                    stats.setdefault(k, []).append(v)
+        return {k: float(np.mean(v)) for k, v in stats.items()}
+
+    def adapt_kl(self, kl: float, n: int) -> None:
+        if self.cfg.kl_target:  # Ziegler et al.'s proportional controller
+            err = float(np.clip(kl / self.cfg.kl_target - 1, -0.2, 0.2))
+            self.kl_coef *= 1 + err * n / self.cfg.kl_horizon
+
+    def iteration(self, prompts: list[list[int]], it: int) -> dict:
+        t0 = time.perf_counter()
+        answers, ended, _ = self.generate(prompts, seed=self.cfg.seed * 1_000_003 + it * 10_000)
+        t1 = time.perf_counter()
+        scores = self.score(prompts, answers, ended)
+        ro = build_rollouts(prompts, answers, ended, self.tok.pad_id, scores)
+        batch = self.prepare(ro)
+        t2 = time.perf_counter()
+        upd = self.update(batch, it)
+        t3 = time.perf_counter()
+        mask = batch["mask"]
+        kl_sum = (batch["kl"] * mask).sum(1)
+        entropy = (-batch["old_logp"] * mask).sum(1)
+        rec = {"objective/kl": float(kl_sum.mean()), "objective/entropy": float(entropy.mean()),
+               "objective/scores": float(scores.mean()),
+               "objective/rlhf_reward": float((scores.to(kl_sum.device) - self.kl_coef * kl_sum).mean()),
+               "objective/kl_coef": self.kl_coef, "policy/approxkl_avg": upd["approxkl"],
+               "policy/clipfrac_avg": upd["clipfrac"], "policy/entropy_avg": upd["entropy"],
+               "loss/policy_avg": upd["pg_loss"], "loss/value_avg": upd["vf_loss"],
+               "val/clipfrac_avg": upd["vf_clipfrac"], "val/ratio": upd["ratio"],
+               "val/num_eos_tokens": int(sum(ended)), "val/answer_tokens": float(mask.sum(1).mean()),
+               "time/generation_s": t1 - t0, "time/scoring_s": t2 - t1, "time/training_s": t3 - t2}
+        if "ptx_loss" in upd:
+            rec["loss/ptx_avg"] = upd["ptx_loss"]
+        self.adapt_kl(rec["objective/kl"], len(prompts))
+        return rec
+
+
+# -- the stage ------------------------------------------------------------------------------------------
+
+def _prompts(run: Path, tok: Tokenizer) -> tuple[list[list[int]], list[list[int]]]:
+    f = stage_dir(run, "world") / "prompts.jsonl"
+    if not f.is_file():
+        raise ChatforgeError(f"{f}: no RL prompts; run `chatforge world --run {run}`")
+    recs = [json.loads(line) for line in f.read_text().split("\n") if line.strip()]
+    ids = [tok.encode_chat(r["prompt"], add_generation_prompt=True) for r in recs]
+    train = [p for i, p in enumerate(ids) if i % HELDOUT_EVERY]
+    held = [p for i, p in enumerate(ids) if i % HELDOUT_EVERY == 0]
+    return train, held
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def ppo_settings(run: Path, cfg: PPOConfig) -> dict:
+    return {"sft": read_stage_info(stage_dir(run, "sft")).get("settings"),
+            "rm": read_stage_info(stage_dir(run, "rm")).get("settings"), "ppo": asdict(cfg)}
+
+
+@torch.no_grad()
+def compare_on_heldout(trainer: PPOTrainer, sft: GPT, prompts: list[list[int]]) -> dict:
+    """Greedy answers of SFT and PPO to held-out prompts, scored by the RM: mean rewards and PPO's win rate."""
+    policy = trainer.policy
+    out = {}
+    for name, model in (("sft", sft), ("ppo", policy)):
+        trainer.policy = model
+        answers, ended, _ = trainer.generate(prompts, seed=0, temperature=1e-6)
+        out[name] = trainer.score(prompts, answers, ended)
+        out[name + "_ended"] = sum(ended)
+    trainer.policy = policy
+    wins = (out["ppo"] > out["sft"]).float() + 0.5 * (out["ppo"] == out["sft"]).float()
+    return {"prompts": len(prompts), "sft_reward": float(out["sft"].mean()), "ppo_reward": float(out["ppo"].mean()),
+            "ppo_win_rate_vs_sft": float(wins.mean()), "sft_ended": out["sft_ended"], "ppo_ended": out["ppo_ended"]}
+
+
+def run_ppo(run: str | Path, cfg: PPOConfig, fresh: bool = False) -> dict:
+    import os
+
+    run = require_run(run)
+    cfg.validate()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ChatforgeError("PPO runs in one process for now (multi-process PPO is part of the scale-out work)")
+    sft_dir, rm_dir, out = stage_dir(run, "sft"), stage_dir(run, "rm"), stage_dir(run, "ppo")
+    for d in (sft_dir, rm_dir):
+        if not read_stage_info(d).get("complete"):
+            raise ChatforgeError(f"{d}: not finished; PPO needs the SFT model and the reward model")
+    device = _device(cfg.device)
+    tok = Tokenizer.load(sft_dir)
+    mcfg = load_config(sft_dir)
+    torch.manual_seed(cfg.seed)
+    policy, reference, sft_copy = GPT(mcfg), GPT(mcfg), GPT(mcfg)
+    for m in (policy, reference, sft_copy):
+        m.load_state_dict(load_state(sft_dir, mcfg))
+    rm, rm_tok = load_reward_model(rm_dir)
+    if rm_tok.fingerprint() != tok.fingerprint():
+        raise ChatforgeError(f"{rm_dir} and {sft_dir} use different tokenizers")
+    value, _ = load_reward_model(rm_dir)
+    ptx = None
+    if cfg.ptx_coef > 0:
+        from chatforge.data.shards import load_split
+
+        ptx = WindowSampler(load_split(stage_dir(run, "data"), "train"), cfg.ptx_seq_len, cfg.seed)
+    trainer = PPOTrainer(policy.to(device), reference.to(device), value.to(device), rm.to(device), tok, cfg, ptx)
+    train_prompts, held = _prompts(run, tok)
+    order = EpochOrder(len(train_prompts), cfg.seed)
+    settings = ppo_settings(run, cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_file, metrics = out / "checkpoint.pt", out / "metrics.jsonl"
+    start = 0
+    if fresh:
+        ckpt_file.unlink(missing_ok=True)
+        metrics.unlink(missing_ok=True)
+    (out / "stage.json").unlink(missing_ok=True)
+    if ckpt_file.is_file():
+        payload = torch.load(ckpt_file, map_location="cpu", weights_only=True)
+        if payload["settings"] != json.loads(json.dumps(settings)):
+            raise ChatforgeError(f"{ckpt_file} was made with other settings; re-run with the same ones or --force")
+        policy.load_state_dict(payload["policy"])
+        value.load_state_dict(payload["value"])
+        trainer.opt.load_state_dict(payload["optimizer"])
+        trainer.kl_coef, start = payload["kl_coef"], payload["iteration"]
+        print(f"[ppo] resuming from {ckpt_file} at iteration {start}", flush=True)
+        kept = [line for line in (metrics.read_text().split("\n") if metrics.is_file() else [])
+                if line.strip() and json.loads(line)["iteration"] <= start]
+        atomic_write_text(metrics, "".join(line + "\n" for line in kept))
+    print(f"[ppo] {len(train_prompts)} training prompts, {len(held)} held out; {cfg.rollout_prompts} rollouts per "
+          f"iteration, beta {trainer.kl_coef}, ptx {cfg.ptx_coef}", flush=True)
+    bar = tqdm(total=cfg.iterations, initial=start, desc="ppo", dynamic_ncols=True, mininterval=1.0)
+    for it in range(start, cfg.iterations):
+        prompts = [train_prompts[order(it * cfg.rollout_prompts + i)] for i in range(cfg.rollout_prompts)]
+        rec = {"iteration": it + 1, **trainer.iteration(prompts, it)}
+        with open(metrics, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        state = {"policy": policy.state_dict(), "value": value.state_dict(), "optimizer": trainer.opt.state_dict(),
+                 "kl_coef": trainer.kl_coef, "iteration": it + 1, "settings": json.loads(json.dumps(settings))}
+        torch.save(state, out / "checkpoint.pt.tmp")
+        (out / "checkpoint.pt.tmp").replace(ckpt_file)
+        bar.update(1)
+        bar.set_postfix(score=f"{rec['objective/scores']:.2f}", kl=f"{rec['objective/kl']:.2f}", refresh=False)
+    bar.close()
+    held = held[:cfg.eval_prompts]
+    result = compare_on_heldout(trainer, sft_copy.to(device), held)
+    save_model(policy, out)
+    copy_tokenizer_files(sft_dir, out)
+    atomic_write_text(out / "eval.json", json.dumps(result, indent=2))
+    mark_complete(out, settings=settings, stage="ppo", iterations=cfg.iterations, **result)
+    return {"model_dir": str(out), **result}
