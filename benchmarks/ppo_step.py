@@ -46,12 +46,12 @@ def main() -> None:
     value.load_state_dict(rm.state_dict())
     cfg = PPOConfig(rollout_prompts=args.rollouts, minibatch=8, max_new_tokens=args.max_new_tokens)
     trainer = PPOTrainer(policy.to(device), ref.to(device), value.to(device), rm.to(device), tok, cfg)
-    trainer_stop = tok.end_id
-    tok.end_id = -1  # never stops early: equal work per iteration
     gen = torch.Generator().manual_seed(0)
     prompts = [tok.encode_chat([{"role": "user", "content": f"Question {i}: where is town {int(n)}?"}],
                                add_generation_prompt=True)
                for i, n in enumerate(torch.randint(0, 1000, (args.rollouts,), generator=gen))]
+    trainer_stop = tok.end_id
+    tok.end_id = -1  # no stop token during the iterations: every answer runs to max_new_tokens
     times = {"generation": [], "scoring": [], "training": []}
     for it in range(args.iterations + 1):  # the first is warm-up
         rec = trainer.iteration(prompts, it)
