@@ -215,3 +215,41 @@ def test_ppo_stage_end_to_end(prepared_run_template, tmp_path):
     with pytest.raises(ChatforgeError, match="other settings"):
         run_ppo(run, PPOConfig(iterations=2, rollout_prompts=4, minibatch=2, max_new_tokens=8, eval_prompts=4,
                                kl_coef=0.2))
+
+
+def test_rule_reward_and_its_use_in_scoring(tok):
+    from chatforge.train.verifiable import rule_reward
+
+    ref = {"chickens": 18, "rabbits": 26}
+    assert rule_reward("So 18 chickens and 26 rabbits. Answer: 18 chickens, 26 rabbits", ref) == 1.0
+    assert rule_reward("答案：鸡18只，兔26只", ref) == 1.0
+    assert rule_reward("Answer: 26 chickens, 18 rabbits", ref) == 0.0
+    assert rule_reward("Hanuka is a baker.", "baker") == 1.0 and rule_reward("Hanuka bakes.", "baker") == 0.0
+    assert rule_reward("It has 4 legs.", "4") == 1.0 and rule_reward("It has 14 legs.", "4") == 0.0
+    assert rule_reward("anything", None) is None
+    trainer = _trainer(tok, reward="rule", rule_weight=2.0, missing_eos_penalty=0.5)
+    prompts = _prompts(tok)[:3]
+    answers = [tok.encode("Hanuka is a baker.") + [tok.end_id], tok.encode("No idea."), tok.encode("x") + [tok.end_id]]
+    s = trainer.score(prompts, answers, [True, False, True], ["baker", "baker", None])
+    assert s.tolist() == pytest.approx([2.0, -0.5, 0.0])
+    both = _trainer(tok, reward="rm+rule")
+    from chatforge.reward import score_ids
+
+    rm = score_ids(both.rm, [p + a for p, a in zip(prompts, answers)], tok.pad_id)
+    s2 = both.score(prompts, answers, [True, True, True], ["baker", "baker", None])
+    assert s2.tolist() == pytest.approx([rm[0] + 1.0, rm[1], rm[2]], abs=1e-6)
+    with pytest.raises(ChatforgeError, match="--reward"):
+        PPOConfig(reward="vibes").validate()
+
+
+def test_ema_of_policy_weights(tok):
+    trainer = _trainer(tok, ema_decay=0.5)
+    start = {k: v.clone() for k, v in trainer.policy.state_dict().items()}
+    batch, _, _ = _batch(trainer, tok)
+    trainer.update(batch, 0)
+    trainer.update_ema()
+    now = trainer.policy.state_dict()
+    for k, v in trainer.ema.items():
+        if v.is_floating_point():
+            torch.testing.assert_close(v, 0.5 * start[k] + 0.5 * now[k])
+    assert any(not torch.equal(trainer.ema[k], now[k]) for k in now)

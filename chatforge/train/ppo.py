@@ -71,6 +71,9 @@ class PPOConfig:
     seed: int = 1337
     eval_prompts: int = 60
     device: str = "auto"
+    reward: str = "rm"  # rm | rule | rm+rule (verifiable.py: prompts with a reference answer)
+    rule_weight: float = 1.0
+    ema_decay: float = 0.0  # > 0: keep an EMA of the policy's weights and save that as the PPO model
 
     def validate(self) -> None:
         if self.kl_estimator not in ("k1", "k3"):
@@ -82,6 +85,10 @@ class PPOConfig:
             raise ChatforgeError("--temperature must be positive for PPO (it samples)")
         if not 0 <= self.lam <= 1 or not 0 <= self.gamma <= 1:
             raise ChatforgeError("--lam and --gamma must be in [0, 1]")
+        if self.reward not in ("rm", "rule", "rm+rule"):
+            raise ChatforgeError(f"--reward {self.reward!r}: expected rm, rule or rm+rule")
+        if not 0 <= self.ema_decay < 1:
+            raise ChatforgeError("--ema-decay must be in [0, 1)")
 
 
 # -- the pieces, each testable on its own ----------------------------------------------------------------
@@ -198,6 +205,8 @@ class PPOTrainer:
                                      weight_decay=0.0, betas=(0.9, 0.95))
         self.kl_coef = cfg.kl_coef
         self.device = next(policy.parameters()).device
+        # the EMA starts at the initial (SFT) weights
+        self.ema = {k: v.detach().clone() for k, v in policy.state_dict().items()} if cfg.ema_decay > 0 else None
 
     # -- rollout -------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -213,9 +222,19 @@ class PPOTrainer:
         return answers, ended, outs
 
     @torch.no_grad()
-    def score(self, prompts, answers, ended) -> torch.Tensor:
-        raw = score_ids(self.rm, [p + a for p, a in zip(prompts, answers)], self.tok.pad_id, normalised=True)
-        return torch.tensor(raw) - self.cfg.missing_eos_penalty * (1 - torch.tensor(ended, dtype=torch.float))
+    def score(self, prompts, answers, ended, references: list | None = None) -> torch.Tensor:
+        """RM score and/or the rule reward (per `cfg.reward`), minus the penalty for answers without <|end|>."""
+        total = torch.zeros(len(prompts))
+        if "rm" in self.cfg.reward.split("+"):
+            total += torch.tensor(score_ids(self.rm, [p + a for p, a in zip(prompts, answers)], self.tok.pad_id,
+                                            normalised=True))
+        if "rule" in self.cfg.reward.split("+") and references is not None:
+            from chatforge.train.verifiable import rule_reward
+
+            texts = [self.tok.decode(a) for a in answers]
+            rule = [rule_reward(t, r) for t, r in zip(texts, references)]
+            total += self.cfg.rule_weight * torch.tensor([x or 0.0 for x in rule])
+        return total - self.cfg.missing_eos_penalty * (1 - torch.tensor(ended, dtype=torch.float))
 
     @torch.no_grad()
     def prepare(self, ro: Rollouts) -> dict:
@@ -272,15 +291,27 @@ class PPOTrainer:
             err = float(np.clip(kl / self.cfg.kl_target - 1, -0.2, 0.2))
             self.kl_coef *= 1 + err * n / self.cfg.kl_horizon
 
-    def iteration(self, prompts: list[list[int]], it: int) -> dict:
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        if self.ema is None:
+            return
+        d = self.cfg.ema_decay
+        for k, v in self.policy.state_dict().items():
+            if v.is_floating_point():
+                self.ema[k].mul_(d).add_(v, alpha=1 - d)
+            else:
+                self.ema[k].copy_(v)
+
+    def iteration(self, prompts: list[list[int]], it: int, references: list | None = None) -> dict:
         t0 = time.perf_counter()
         answers, ended, _ = self.generate(prompts, seed=self.cfg.seed * 1_000_003 + it * 10_000)
         t1 = time.perf_counter()
-        scores = self.score(prompts, answers, ended)
+        scores = self.score(prompts, answers, ended, references)
         ro = build_rollouts(prompts, answers, ended, self.tok.pad_id, scores)
         batch = self.prepare(ro)
         t2 = time.perf_counter()
         upd = self.update(batch, it)
+        self.update_ema()
         t3 = time.perf_counter()
         mask = batch["mask"]
         kl_sum = (batch["kl"] * mask).sum(1)
@@ -302,15 +333,17 @@ class PPOTrainer:
 
 # -- the stage ------------------------------------------------------------------------------------------
 
-def _prompts(run: Path, tok: Tokenizer) -> tuple[list[list[int]], list[list[int]]]:
+def _prompts(run: Path, tok: Tokenizer):
+    """(train prompt ids, their reference answers or None, held-out prompt ids, their references)."""
     f = stage_dir(run, "world") / "prompts.jsonl"
     if not f.is_file():
         raise ChatforgeError(f"{f}: no RL prompts; run `chatforge world --run {run}`")
     recs = [json.loads(line) for line in f.read_text().split("\n") if line.strip()]
     ids = [tok.encode_chat(r["prompt"], add_generation_prompt=True) for r in recs]
-    train = [p for i, p in enumerate(ids) if i % HELDOUT_EVERY]
-    held = [p for i, p in enumerate(ids) if i % HELDOUT_EVERY == 0]
-    return train, held
+    refs = [r.get("answer") for r in recs]
+    train = [i for i in range(len(ids)) if i % HELDOUT_EVERY]
+    held = [i for i in range(len(ids)) if i % HELDOUT_EVERY == 0]
+    return [ids[i] for i in train], [refs[i] for i in train], [ids[i] for i in held], [refs[i] for i in held]
 
 
 def _device(name: str) -> torch.device:
@@ -325,19 +358,26 @@ def ppo_settings(run: Path, cfg: PPOConfig) -> dict:
 
 
 @torch.no_grad()
-def compare_on_heldout(trainer: PPOTrainer, sft: GPT, prompts: list[list[int]]) -> dict:
-    """Greedy answers of SFT and PPO to held-out prompts, scored by the RM: mean rewards and PPO's win rate."""
+def compare_on_heldout(trainer: PPOTrainer, sft: GPT, prompts: list[list[int]], references: list) -> dict:
+    """Greedy answers of SFT and PPO to held-out prompts, scored by the training reward (RM and/or rule):
+    mean rewards, PPO's win rate, and how many answers are right where a reference exists."""
+    from chatforge.train.verifiable import rule_reward
+
     policy = trainer.policy
     out = {}
     for name, model in (("sft", sft), ("ppo", policy)):
         trainer.policy = model
         answers, ended, _ = trainer.generate(prompts, seed=0, temperature=1e-6)
-        out[name] = trainer.score(prompts, answers, ended)
+        out[name] = trainer.score(prompts, answers, ended, references)
         out[name + "_ended"] = sum(ended)
+        checks = [rule_reward(trainer.tok.decode(a), r) for a, r in zip(answers, references)]
+        checks = [c for c in checks if c is not None]
+        out[name + "_correct"] = sum(checks) / len(checks) if checks else None
     trainer.policy = policy
     wins = (out["ppo"] > out["sft"]).float() + 0.5 * (out["ppo"] == out["sft"]).float()
     return {"prompts": len(prompts), "sft_reward": float(out["sft"].mean()), "ppo_reward": float(out["ppo"].mean()),
-            "ppo_win_rate_vs_sft": float(wins.mean()), "sft_ended": out["sft_ended"], "ppo_ended": out["ppo_ended"]}
+            "ppo_win_rate_vs_sft": float(wins.mean()), "sft_ended": out["sft_ended"], "ppo_ended": out["ppo_ended"],
+            "sft_correct": out["sft_correct"], "ppo_correct": out["ppo_correct"]}
 
 
 def run_ppo(run: str | Path, cfg: PPOConfig, fresh: bool = False) -> dict:
@@ -368,7 +408,7 @@ def run_ppo(run: str | Path, cfg: PPOConfig, fresh: bool = False) -> dict:
 
         ptx = WindowSampler(load_split(stage_dir(run, "data"), "train"), cfg.ptx_seq_len, cfg.seed)
     trainer = PPOTrainer(policy.to(device), reference.to(device), value.to(device), rm.to(device), tok, cfg, ptx)
-    train_prompts, held = _prompts(run, tok)
+    train_prompts, train_refs, held, held_refs = _prompts(run, tok)
     order = EpochOrder(len(train_prompts), cfg.seed)
     settings = ppo_settings(run, cfg)
     out.mkdir(parents=True, exist_ok=True)
@@ -386,6 +426,7 @@ def run_ppo(run: str | Path, cfg: PPOConfig, fresh: bool = False) -> dict:
         value.load_state_dict(payload["value"])
         trainer.opt.load_state_dict(payload["optimizer"])
         trainer.kl_coef, start = payload["kl_coef"], payload["iteration"]
+        trainer.ema = payload.get("ema")
         print(f"[ppo] resuming from {ckpt_file} at iteration {start}", flush=True)
         kept = [line for line in (metrics.read_text().split("\n") if metrics.is_file() else [])
                 if line.strip() and json.loads(line)["iteration"] <= start]
@@ -394,19 +435,22 @@ def run_ppo(run: str | Path, cfg: PPOConfig, fresh: bool = False) -> dict:
           f"iteration, beta {trainer.kl_coef}, ptx {cfg.ptx_coef}", flush=True)
     bar = tqdm(total=cfg.iterations, initial=start, desc="ppo", dynamic_ncols=True, mininterval=1.0)
     for it in range(start, cfg.iterations):
-        prompts = [train_prompts[order(it * cfg.rollout_prompts + i)] for i in range(cfg.rollout_prompts)]
-        rec = {"iteration": it + 1, **trainer.iteration(prompts, it)}
+        picked = [order(it * cfg.rollout_prompts + i) for i in range(cfg.rollout_prompts)]
+        rec = {"iteration": it + 1, **trainer.iteration([train_prompts[j] for j in picked], it,
+                                                        [train_refs[j] for j in picked])}
         with open(metrics, "a") as f:
             f.write(json.dumps(rec) + "\n")
         state = {"policy": policy.state_dict(), "value": value.state_dict(), "optimizer": trainer.opt.state_dict(),
-                 "kl_coef": trainer.kl_coef, "iteration": it + 1, "settings": json.loads(json.dumps(settings))}
+                 "kl_coef": trainer.kl_coef, "iteration": it + 1, "settings": json.loads(json.dumps(settings)),
+                 **({"ema": trainer.ema} if trainer.ema is not None else {})}
         torch.save(state, out / "checkpoint.pt.tmp")
         (out / "checkpoint.pt.tmp").replace(ckpt_file)
         bar.update(1)
         bar.set_postfix(score=f"{rec['objective/scores']:.2f}", kl=f"{rec['objective/kl']:.2f}", refresh=False)
     bar.close()
-    held = held[:cfg.eval_prompts]
-    result = compare_on_heldout(trainer, sft_copy.to(device), held)
+    if trainer.ema is not None:  # the EMA weights are the PPO model
+        policy.load_state_dict(trainer.ema)
+    result = compare_on_heldout(trainer, sft_copy.to(device), held[:cfg.eval_prompts], held_refs[:cfg.eval_prompts])
     save_model(policy, out)
     copy_tokenizer_files(sft_dir, out)
     atomic_write_text(out / "eval.json", json.dumps(result, indent=2))

@@ -91,6 +91,11 @@ def multiturn_qa(w: World, rng: random.Random, n: int) -> list[dict]:
     return out
 
 
+# how an answer may name the animals of a cage problem (the scorer and PPO's rule reward read counts by these)
+CAGE_LABELS = {"chickens": ["chickens", "chicken", "hens", "hen", "鸡", "母鸡"],
+               "rabbits": ["rabbits", "rabbit", "bunnies", "bunny", "兔", "小兔"]}
+
+
 def arithmetic(w: World, rng: random.Random, n: int, cot: bool) -> list[dict]:
     out = []
     for _ in range(n):
@@ -104,8 +109,7 @@ def arithmetic(w: World, rng: random.Random, n: int, cot: bool) -> list[dict]:
             ref = sol[sol.rfind("Answer:"):] if lang == "en" else sol[sol.rfind("答案："):]
         out.append({"task": "arithmetic_cot" if cot else "arithmetic_direct", "lang": lang, "messages": _user(q),
                     "reference_answer": ref, "counts": counts, "scorer": "counts",
-                    "labels": {"chickens": ["chickens", "chicken", "hens", "hen", "鸡", "母鸡"],
-                               "rabbits": ["rabbits", "rabbit", "bunnies", "bunny", "兔", "小兔"]}})
+                    "labels": CAGE_LABELS})
     return out
 
 
