@@ -31,6 +31,8 @@ class RewardModel(GPT):
         self.reward_head = nn.Linear(cfg.d_model, 1)
         nn.init.normal_(self.reward_head.weight, std=1.0 / (cfg.d_model + 1) ** 0.5)
         nn.init.zeros_(self.reward_head.bias)
+        if not cfg.tie_embeddings:  # unused by scores(): frozen, so DDP doesn't wait for its gradient
+            self.lm_head.weight.requires_grad_(False)
         self.register_buffer("norm_gain", torch.ones(()), persistent=False)
         self.register_buffer("norm_bias", torch.zeros(()), persistent=False)
 

@@ -205,3 +205,29 @@ def test_all_pairs_of_a_group_are_scored_once(tok):
     b = build_group_batch([g], 128, tok.pad_id)
     assert b["ends"].shape == (5, 2) and len(b["pairs"]) == 10
     assert {tuple(p) for p in b["pairs"].tolist()} == {(a, c) for a, c in itertools.permutations(range(5), 2) if a > c}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["rm", "dpo"])
+def test_two_processes_equal_one(sft_run, tmp_path, stage):
+    """The preference stages on the shared loop: 2 gloo processes x 1 micro-batch == 1 process x 2."""
+    import shutil
+    import sys
+
+    from tests.conftest import read_metrics, run_ok
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    for r in (one, two):
+        shutil.copytree(sft_run, r, ignore=shutil.ignore_patterns("rm", "dpo"))
+    args = [stage, "--from", "base", "--max-steps", "4", "--batch-size", "2", "--seq-len", "128",
+            "--eval-every", "2", "--save-every", "100", "--log-every", "1", "--set", "train.eval_batches=2"]
+    run_ok([sys.executable, "-m", "chatforge.cli", *args, "--run-dir", str(one), "--grad-accum", "2"])
+    run_ok([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+            "chatforge.cli", *args, "--run-dir", str(two)])
+    (s1, v1), (s2, v2) = read_metrics(one / stage), read_metrics(two / stage)
+    assert sorted(s1) == sorted(s2) == [1, 2, 3, 4]
+    for step in s1:
+        assert s2[step] == pytest.approx(s1[step], rel=1e-5, abs=1e-5), step
+    assert sorted(v1) == sorted(v2) == [2, 4]
+    for step in v1:
+        assert v2[step] == pytest.approx(v1[step], rel=1e-5, abs=1e-5), step
