@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="score a model stage on the world's held-out capability suite")
     _add_run(p)
-    p.add_argument("--stage", default="base")
+    p.add_argument("--stage", default="base", help="a model stage, or several to compare: sft,ppo,dpo")
     p.add_argument("--tasks", default=None, help="comma-separated subset, e.g. knowledge_qa,icl")
     p.add_argument("--limit", type=int, default=None, help="at most N items per task")
 
@@ -368,10 +368,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ppo done: held-out RM reward sft {r['sft_reward']:.3f} -> ppo {r['ppo_reward']:.3f}, "
                   f"win rate of ppo over sft {100 * r['ppo_win_rate_vs_sft']:.1f}% -> {r['model_dir']}")
         elif args.command == "eval":
-            from chatforge.eval.suite import format_table, run_suite
+            from chatforge.eval.suite import compare_table, format_table, run_suite
 
             tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
-            print(format_table(run_suite(args.run, args.stage, tasks, args.limit)))
+            stages = [s.strip() for s in args.stage.split(",") if s.strip()]
+            results = [run_suite(args.run, s, tasks, args.limit) for s in stages]
+            print(compare_table(results) if len(results) > 1 else format_table(results[0]))
         elif args.command == "chat":
             from chatforge.chat import ChatSession, run_terminal_chat
             from chatforge.engine import Engine, SamplingParams

@@ -75,6 +75,8 @@ def test_pipeline_runs_sft_rm_dpo_then_evaluates_the_models(tmp_path, capsys):
     assert "[7/9] ppo: done" in out and "win rate" in out and (run / "ppo" / "eval.json").exists()
     assert "[8/9] dpo: done" in out and "stage dpo (chat)" in out and (run / "eval" / "dpo.json").exists()
     assert "stage sft (chat)" in out and "stage base (3-shot)" in out
+    table = out[out.index("capability suite by stage"):].split("\n")
+    assert table[1].split() == ["task", "base", "sft", "ppo", "dpo"] and len(table[2].split()) == 5
     assert (run / "sft" / "model.safetensors").exists() and (run / "eval" / "sft.json").exists()
     report = json.loads((run / "sft" / "data_report.json").read_text())
     assert report["skipped"].get("too long", 0) > 0  # rows of 64 tokens: the long demos were counted, not lost

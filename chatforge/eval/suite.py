@@ -130,8 +130,26 @@ def run_eval_stage(run: str | Path, stages: list[str]) -> dict:
     results = {s: run_suite(run, s) for s in stages}
     for r in results.values():
         print(format_table(r), flush=True)
+    if len(results) > 1:
+        print(compare_table(list(results.values())), flush=True)
     mark_complete(stage_dir(run, "eval"), settings={"stages": stages}, stage="eval")
     return results
+
+
+def _shown(task: str, score: float) -> str:
+    return f"{score:.3f}" if task == "bpb" else f"{100 * score:.1f}"  # bpb in bits/byte, others in %
+
+
+def compare_table(results: list[dict]) -> str:
+    """Stages side by side, one row per task (the stages' `run_suite` results)."""
+    stages = [r["stage"] for r in results]
+    tasks = sorted({t for r in results for t in r["tasks"]})
+    lines = ["capability suite by stage (bpb: bits/byte, lower is better; others: % / F1 / chrF, higher is better)",
+             f"{'task':<20}" + "".join(f"{s:>10}" for s in stages)]
+    for t in tasks:
+        cells = [_shown(t, r["tasks"][t]["score"]) if t in r["tasks"] else "-" for r in results]
+        lines.append(f"{t:<20}" + "".join(f"{c:>10}" for c in cells))
+    return "\n".join(lines)
 
 
 def run_suite(run: str | Path, stage: str, tasks: list[str] | None = None, limit: int | None = None,
@@ -192,9 +210,7 @@ def format_table(results: dict) -> str:
     lines = [f"capability suite — stage {results['stage']} ({results['mode']})",
              f"{'task':<20}{'score':>10}  {'n':>4}  metric"]
     for task, r in results["tasks"].items():
-        score = r["score"]
-        shown = f"{score:.3f}" if task == "bpb" else f"{100 * score:.1f}"  # others are 0..1, shown in %
-        lines.append(f"{task:<20}{shown:>10}  {r['n']:>4}  {r['metric']}")
+        lines.append(f"{task:<20}{_shown(task, r['score']):>10}  {r['n']:>4}  {r['metric']}")
         for key, value in r.items():
             if key.endswith(("_harmful", "_benign", "_nonexistent", "_real")) and value is not None:
                 lines.append(f"  {key:<26}{100 * value:>6.1f}%")
