@@ -42,10 +42,15 @@ class RewardModel(GPT):
             nn.init.normal_(self.reward_head.weight, std=1.0 / (self.cfg.d_model + 1) ** 0.5)
             nn.init.zeros_(self.reward_head.bias)
 
-    def forward(self, idx, *args, ends: torch.Tensor | None = None, normalised: bool = False, **kwargs):
+    def forward(self, idx, *args, ends: torch.Tensor | None = None, normalised: bool = False,
+                all_positions: bool = False, **kwargs):
         """With `ends` (N, 2) of (row, column): packed rows -> (N,) rewards read at those positions (pass
-        segment_ids / positions as for packed SFT rows). Without: the plain GPT forward. Scoring goes
-        through forward so DDP / FSDP wrappers see it."""
+        segment_ids / positions as for packed SFT rows). With `all_positions`: the head at every position
+        -> (B, T) (PPO's value model). Otherwise the plain GPT forward. Scoring goes through forward so
+        DDP / FSDP wrappers see it."""
+        if all_positions:
+            hidden, _ = super().forward(idx, return_hidden=True, **kwargs)
+            return self.reward_head(hidden).squeeze(-1).float()
         if ends is None:
             return super().forward(idx, *args, **kwargs)
         hidden, _ = super().forward(idx, return_hidden=True, **kwargs)

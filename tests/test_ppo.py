@@ -180,24 +180,64 @@ def test_config_errors():
         PPOConfig(temperature=0).validate()
 
 
-def test_ppo_stage_end_to_end(prepared_run_template, tmp_path):
+@pytest.fixture(scope="module")
+def rl_run(prepared_run_template, tmp_path_factory):
+    """A run with a few-step base model standing in for SFT, and a reward model."""
     import shutil
 
     from chatforge.config import TrainConfig
-    from chatforge.run import read_stage_info
-    from chatforge.train.ppo import run_ppo
     from chatforge.train.pretrain import run_pretrain
     from chatforge.train.rm import RMOptions, run_rm
 
-    run = tmp_path / "run"
+    run = tmp_path_factory.mktemp("ppo") / "run"
     shutil.copytree(prepared_run_template, run)
     cfg = ModelConfig.preset_style("llama", vocab_size=1024, n_layer=2, d_model=64, n_head=4, n_kv_head=2,
                                    max_seq_len=128)
     run_pretrain(run, cfg, TrainConfig(max_steps=10, batch_size=8, seq_len=64, lr=3e-3, warmup_steps=2,
                                        eval_every=10, eval_batches=1, save_every=10, log_every=5))
-    shutil.copytree(run / "base", run / "sft")  # the few-step base model stands in for SFT here
+    shutil.copytree(run / "base", run / "sft")
     run_rm(run, TrainConfig(max_steps=2, batch_size=2, seq_len=128, lr=1e-3, warmup_steps=1, eval_every=2,
                             eval_batches=1, save_every=2, log_every=1), RMOptions(init="base"))
+    return run
+
+
+@pytest.mark.slow
+def test_ppo_on_two_processes_equals_one(rl_run, tmp_path):
+    import shutil
+    import sys
+
+    from tests.conftest import run_ok
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    for r in (one, two):
+        shutil.copytree(rl_run, r, ignore=shutil.ignore_patterns("ppo"))
+    args = ["ppo", "--iterations", "2", "--rollout-prompts", "4", "--minibatch", "2", "--max-new-tokens", "8",
+            "--eval-prompts", "4", "--ptx-coef", "0.5", "--ptx-rows", "2", "--ptx-seq-len", "32"]
+    run_ok([sys.executable, "-m", "chatforge.cli", *args, "--run-dir", str(one)])
+    run_ok([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+            "chatforge.cli", *args, "--run-dir", str(two)])
+    m1, m2 = ([json.loads(line) for line in (r / "ppo" / "metrics.jsonl").read_text().split("\n") if line]
+              for r in (one, two))
+    assert len(m1) == len(m2) == 2
+    for a, b in zip(m1, m2):
+        for key in ("objective/scores", "objective/kl", "objective/entropy", "loss/policy_avg", "loss/value_avg",
+                    "val/num_eos_tokens", "loss/ptx_avg"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), key
+    from safetensors.torch import load_file
+
+    w1, w2 = (load_file(r / "ppo" / "model.safetensors") for r in (one, two))
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], atol=1e-5, rtol=1e-4)
+
+
+def test_ppo_stage_end_to_end(rl_run, tmp_path):
+    import shutil
+
+    from chatforge.run import read_stage_info
+    from chatforge.train.ppo import run_ppo
+
+    run = tmp_path / "run"
+    shutil.copytree(rl_run, run)
     pcfg = PPOConfig(iterations=2, rollout_prompts=4, minibatch=2, max_new_tokens=8, eval_prompts=4)
     result = run_ppo(run, pcfg)
     assert read_stage_info(run / "ppo")["complete"]

@@ -97,10 +97,21 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1)
 
 
+def _global_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum over every process (a no-op in one process)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        t = t.clone()
+        dist.all_reduce(t)
+    return t
+
+
 def masked_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """(x - mean) / std over the masked positions; masked-out positions become 0."""
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
+    """(x - mean) / std over the masked positions of every process's batch; masked-out positions become 0."""
+    n = _global_sum(mask.sum())
+    mean = _global_sum((x * mask).sum()) / n.clamp(min=1)
+    var = _global_sum((((x - mean) ** 2) * mask).sum()) / n.clamp(min=1)
     return (x - mean) * torch.rsqrt(var + eps) * mask
 
 
@@ -116,9 +127,8 @@ def token_logprobs(model: GPT, x: torch.Tensor, targets: torch.Tensor, temperatu
 
 
 def token_values(value_model: RewardModel, x: torch.Tensor) -> torch.Tensor:
-    """The value head at every position -> (B, L)."""
-    hidden, _ = value_model(x, return_hidden=True)
-    return value_model.reward_head(hidden).squeeze(-1).float()
+    """The value head at every position -> (B, L) (through forward, so a DDP wrapper works)."""
+    return value_model(x, all_positions=True)
 
 
 def kl_per_token(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> torch.Tensor:
@@ -170,18 +180,23 @@ def build_rollouts(prompts: list[list[int]], answers: list[list[int]], ended: li
     return Rollouts(x, targets, mask, ended, scores, prompts, answers)
 
 
-def ppo_losses(policy: GPT, value_model: RewardModel, mb: dict, cfg: PPOConfig):
-    """(policy loss, value loss, stats) of one minibatch."""
+def ppo_losses(policy: GPT, value_model: RewardModel, mb: dict, cfg: PPOConfig, denom: torch.Tensor | None = None):
+    """(policy loss, value loss, stats) of one minibatch: means over its answer tokens, or with `denom`
+    (the token count of the whole minibatch across processes) this process's share of those means."""
     new_lp, entropy = token_logprobs(policy, mb["x"], mb["targets"], cfg.temperature, with_entropy=True)
     mask = mb["mask"]
+
+    def mean(x):
+        return masked_mean(x, mask) if denom is None else (x * mask).sum() / denom
+
     log_ratio = (new_lp - mb["old_logp"]) * mask
     ratio = torch.exp(log_ratio)
     pg1 = -mb["advantages"] * ratio
     pg2 = -mb["advantages"] * torch.clamp(ratio, 1 - cfg.cliprange, 1 + cfg.cliprange)
-    pg_loss = masked_mean(torch.max(pg1, pg2), mask)
+    pg_loss = mean(torch.max(pg1, pg2))
     vpred = token_values(value_model, mb["x"])
     vclip = mb["old_values"] + torch.clamp(vpred - mb["old_values"], -cfg.cliprange_value, cfg.cliprange_value)
-    vf_loss = 0.5 * masked_mean(torch.max((vpred - mb["returns"]) ** 2, (vclip - mb["returns"]) ** 2), mask)
+    vf_loss = 0.5 * mean(torch.max((vpred - mb["returns"]) ** 2, (vclip - mb["returns"]) ** 2))
     with torch.no_grad():
         stats = {"approxkl": float(0.5 * masked_mean(log_ratio ** 2, mask)),
                  "clipfrac": float(masked_mean(((ratio - 1).abs() > cfg.cliprange).float(), mask)),
@@ -195,11 +210,18 @@ class PPOTrainer:
     """Holds the four models and does rollouts and updates; `run_ppo` drives it and handles files."""
 
     def __init__(self, policy: GPT, reference: GPT, value_model: RewardModel, reward_model: RewardModel,
-                 tok: Tokenizer, cfg: PPOConfig, ptx: WindowSampler | None = None):
+                 tok: Tokenizer, cfg: PPOConfig, ptx: WindowSampler | None = None, info=None):
+        from chatforge.train.dist import DistInfo, wrap_model
+
         self.policy, self.ref, self.value, self.rm, self.tok, self.cfg, self.ptx = \
             policy, reference, value_model, reward_model, tok, cfg, ptx
+        self.info = info or DistInfo(device=next(policy.parameters()).device)
         for m in (self.ref, self.rm):
             m.eval().requires_grad_(False)
+        # under torchrun the trained models are DDP-wrapped (gradients averaged); generation and scoring
+        # use the plain modules. Each process holds every `world_size`-th rollout of an iteration.
+        self.policy_train = wrap_model(policy, self.info, "ddp", None)
+        self.value_train = wrap_model(value_model, self.info, "ddp", None)
         # no weight decay: with zero advantages an update must leave the policy exactly as it is
         self.opt = torch.optim.AdamW([*policy.parameters(), *value_model.parameters()], lr=cfg.lr,
                                      weight_decay=0.0, betas=(0.9, 0.95))
@@ -210,12 +232,13 @@ class PPOTrainer:
 
     # -- rollout -------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, prompts: list[list[int]], seed: int, temperature: float | None = None):
+    def generate(self, prompts: list[list[int]], seed: int, temperature: float | None = None,
+                 seeds: list[int] | None = None):
         engine = Engine(self.policy.eval(), self.tok, max_batch=len(prompts))
         engine.default_stop_ids = (self.tok.end_id,)  # "stop" then means the answer ended with <|end|>
         t = self.cfg.temperature if temperature is None else temperature
-        params = [SamplingParams(max_tokens=self.cfg.max_new_tokens, temperature=t, seed=seed + i)
-                  for i in range(len(prompts))]
+        seeds = seeds if seeds is not None else [seed + i for i in range(len(prompts))]
+        params = [SamplingParams(max_tokens=self.cfg.max_new_tokens, temperature=t, seed=s) for s in seeds]
         outs = engine.generate(prompts, params)
         ended = [o.finish_reason == "stop" for o in outs]
         answers = [o.token_ids + ([self.tok.end_id] if e else []) for o, e in zip(outs, ended)]
@@ -257,23 +280,35 @@ class PPOTrainer:
                 "old_values": values, "rewards": rewards, "advantages": adv, "returns": returns, "kl": kl}
 
     # -- update --------------------------------------------------------------------------------------------
-    def update(self, batch: dict, iteration: int) -> dict:
-        cfg, n = self.cfg, batch["x"].shape[0]
+    def update(self, batch: dict, iteration: int, n_global: int | None = None) -> dict:
+        """`ppo_epochs` passes over minibatches of the iteration's rollouts. Minibatches are drawn from the
+        global rollout numbers (this process holds numbers rank, rank + W, ...), so any number of processes
+        takes the same steps: each computes its share of the minibatch means, DDP sums the shares."""
+        cfg, info = self.cfg, self.info
+        n_global = n_global or batch["x"].shape[0]
         self.policy.train()
         self.value.train()
         stats: dict[str, list[float]] = {}
         rng = np.random.default_rng([cfg.seed, iteration])
+        if cfg.ptx_coef > 0 and cfg.ptx_rows % info.world_size:
+            raise ChatforgeError(f"--ptx-rows {cfg.ptx_rows} must be a multiple of the {info.world_size} processes")
         for epoch in range(cfg.ppo_epochs):
-            order = rng.permutation(n)
-            for start in range(0, n, cfg.minibatch):
-                idx = torch.as_tensor(order[start:start + cfg.minibatch], device=self.device)
+            order = rng.permutation(n_global)
+            for start in range(0, n_global, cfg.minibatch):
+                mine = [int(g) // info.world_size for g in order[start:start + cfg.minibatch]
+                        if int(g) % info.world_size == info.rank]
+                idx = torch.as_tensor(mine or [0], device=self.device)
                 mb = {k: v[idx] for k, v in batch.items()}
-                pg_loss, vf_loss, s = ppo_losses(self.policy, self.value, mb, cfg)
+                if not mine:  # nothing of this minibatch here, but DDP needs every process's backward
+                    mb["mask"] = torch.zeros_like(mb["mask"])
+                denom = _global_sum(mb["mask"].sum()).clamp(min=1) / info.world_size  # DDP averages
+                pg_loss, vf_loss, s = ppo_losses(self.policy_train, self.value_train, mb, cfg, denom)
                 loss = pg_loss + cfg.vf_coef * vf_loss
                 if cfg.ptx_coef > 0 and self.ptx is not None:
-                    g = (iteration * cfg.ppo_epochs + epoch) * 1000 + start
-                    px, py = self.ptx.batch(g, cfg.ptx_rows)
-                    ptx_loss = self.policy(px.to(self.device), py.to(self.device))[1]
+                    share = cfg.ptx_rows // info.world_size
+                    g = ((iteration * cfg.ppo_epochs + epoch) * 1000 + start) + info.rank * share
+                    px, py = self.ptx.batch(g, share)
+                    ptx_loss = self.policy_train(px.to(self.device), py.to(self.device))[1]
                     loss = loss + cfg.ptx_coef * ptx_loss
                     s["ptx_loss"] = ptx_loss.item()
                 loss.backward()
@@ -281,10 +316,15 @@ class PPOTrainer:
                                                cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
                 self.opt.step()
                 self.opt.zero_grad(set_to_none=True)
-                s.update(pg_loss=pg_loss.item(), vf_loss=vf_loss.item())
+                s.update(pg_loss=pg_loss.item() / info.world_size, vf_loss=vf_loss.item() / info.world_size)
                 for k, v in s.items():
                     stats.setdefault(k, []).append(v)
-        return {k: float(np.mean(v)) for k, v in stats.items()}
+        # losses are shares (summed over processes); the other stats are per-process means (averaged)
+        keys = sorted(stats)
+        totals = _global_sum(torch.tensor([float(np.mean(stats[k])) for k in keys], dtype=torch.float64,
+                                          device=self.device)).tolist()
+        return {k: t if k.endswith("_loss") and k != "ptx_loss" else t / info.world_size
+                for k, t in zip(keys, totals)}
 
     def adapt_kl(self, kl: float, n: int) -> None:
         if self.cfg.kl_target:  # Ziegler et al.'s proportional controller
@@ -303,31 +343,41 @@ class PPOTrainer:
                 self.ema[k].copy_(v)
 
     def iteration(self, prompts: list[list[int]], it: int, references: list | None = None) -> dict:
+        """One rollout + update over `prompts` (the whole iteration's; this process answers every
+        world_size-th, with the same per-prompt seeds as one process would)."""
+        info, n = self.info, len(prompts)
+        mine = list(range(info.rank, n, info.world_size))
+        local = [prompts[i] for i in mine]
+        refs = [references[i] for i in mine] if references is not None else None
         t0 = time.perf_counter()
-        answers, ended, _ = self.generate(prompts, seed=self.cfg.seed * 1_000_003 + it * 10_000)
+        base = self.cfg.seed * 1_000_003 + it * 10_000
+        answers, ended, _ = self.generate(local, base, seeds=[base + i for i in mine])
         t1 = time.perf_counter()
-        scores = self.score(prompts, answers, ended, references)
-        ro = build_rollouts(prompts, answers, ended, self.tok.pad_id, scores)
+        scores = self.score(local, answers, ended, refs)
+        ro = build_rollouts(local, answers, ended, self.tok.pad_id, scores)
         batch = self.prepare(ro)
         t2 = time.perf_counter()
-        upd = self.update(batch, it)
+        upd = self.update(batch, it, n_global=n)
         self.update_ema()
         t3 = time.perf_counter()
         mask = batch["mask"]
         kl_sum = (batch["kl"] * mask).sum(1)
         entropy = (-batch["old_logp"] * mask).sum(1)
-        rec = {"objective/kl": float(kl_sum.mean()), "objective/entropy": float(entropy.mean()),
-               "objective/scores": float(scores.mean()),
-               "objective/rlhf_reward": float((scores.to(kl_sum.device) - self.kl_coef * kl_sum).mean()),
+        sums = _global_sum(torch.tensor([float(kl_sum.sum()), float(entropy.sum()), float(scores.sum()),
+                                         float(sum(ended)), float(mask.sum())], dtype=torch.float64,
+                                        device=self.device)).tolist()
+        kl_mean, ent_mean, score_mean, n_ended, n_tokens = sums[0] / n, sums[1] / n, sums[2] / n, sums[3], sums[4]
+        rec = {"objective/kl": kl_mean, "objective/entropy": ent_mean, "objective/scores": score_mean,
+               "objective/rlhf_reward": score_mean - self.kl_coef * kl_mean,
                "objective/kl_coef": self.kl_coef, "policy/approxkl_avg": upd["approxkl"],
                "policy/clipfrac_avg": upd["clipfrac"], "policy/entropy_avg": upd["entropy"],
                "loss/policy_avg": upd["pg_loss"], "loss/value_avg": upd["vf_loss"],
                "val/clipfrac_avg": upd["vf_clipfrac"], "val/ratio": upd["ratio"],
-               "val/num_eos_tokens": int(sum(ended)), "val/answer_tokens": float(mask.sum(1).mean()),
+               "val/num_eos_tokens": int(n_ended), "val/answer_tokens": n_tokens / n,
                "time/generation_s": t1 - t0, "time/scoring_s": t2 - t1, "time/training_s": t3 - t2}
         if "ptx_loss" in upd:
             rec["loss/ptx_avg"] = upd["ptx_loss"]
-        self.adapt_kl(rec["objective/kl"], len(prompts))
+        self.adapt_kl(rec["objective/kl"], n)
         return rec
 
 
@@ -344,12 +394,6 @@ def _prompts(run: Path, tok: Tokenizer):
     train = [i for i in range(len(ids)) if i % HELDOUT_EVERY]
     held = [i for i in range(len(ids)) if i % HELDOUT_EVERY == 0]
     return [ids[i] for i in train], [refs[i] for i in train], [ids[i] for i in held], [refs[i] for i in held]
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def ppo_settings(run: Path, cfg: PPOConfig) -> dict:
@@ -381,17 +425,27 @@ def compare_on_heldout(trainer: PPOTrainer, sft: GPT, prompts: list[list[int]], 
 
 
 def run_ppo(run: str | Path, cfg: PPOConfig, fresh: bool = False) -> dict:
-    import os
+    """Train (or resume) <run>/ppo. Under torchrun, every process answers its share of each iteration's
+    prompts and DDP averages the gradients; the trajectory is the single-process one (tested)."""
+    from chatforge.train import dist
 
     run = require_run(run)
     cfg.validate()
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ChatforgeError("PPO runs in one process for now (multi-process PPO is part of the scale-out work)")
+    info = dist.setup(cfg.device)
+    try:
+        return _run_ppo(run, cfg, fresh, info)
+    finally:
+        dist.teardown()
+
+
+def _run_ppo(run: Path, cfg: PPOConfig, fresh: bool, info) -> dict:
+    from chatforge.train.dist import barrier
+
     sft_dir, rm_dir, out = stage_dir(run, "sft"), stage_dir(run, "rm"), stage_dir(run, "ppo")
     for d in (sft_dir, rm_dir):
         if not read_stage_info(d).get("complete"):
             raise ChatforgeError(f"{d}: not finished; PPO needs the SFT model and the reward model")
-    device = _device(cfg.device)
+    device, main = info.device, info.is_main
     tok = Tokenizer.load(sft_dir)
     mcfg = load_config(sft_dir)
     torch.manual_seed(cfg.seed)
@@ -407,17 +461,20 @@ def run_ppo(run: str | Path, cfg: PPOConfig, fresh: bool = False) -> dict:
         from chatforge.data.shards import load_split
 
         ptx = WindowSampler(load_split(stage_dir(run, "data"), "train"), cfg.ptx_seq_len, cfg.seed)
-    trainer = PPOTrainer(policy.to(device), reference.to(device), value.to(device), rm.to(device), tok, cfg, ptx)
+    trainer = PPOTrainer(policy.to(device), reference.to(device), value.to(device), rm.to(device), tok, cfg, ptx,
+                         info)
     train_prompts, train_refs, held, held_refs = _prompts(run, tok)
     order = EpochOrder(len(train_prompts), cfg.seed)
     settings = ppo_settings(run, cfg)
-    out.mkdir(parents=True, exist_ok=True)
     ckpt_file, metrics = out / "checkpoint.pt", out / "metrics.jsonl"
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        if fresh:
+            ckpt_file.unlink(missing_ok=True)
+            metrics.unlink(missing_ok=True)
+        (out / "stage.json").unlink(missing_ok=True)
+    barrier()
     start = 0
-    if fresh:
-        ckpt_file.unlink(missing_ok=True)
-        metrics.unlink(missing_ok=True)
-    (out / "stage.json").unlink(missing_ok=True)
     if ckpt_file.is_file():
         payload = torch.load(ckpt_file, map_location="cpu", weights_only=True)
         if payload["settings"] != json.loads(json.dumps(settings)):
@@ -427,32 +484,41 @@ def run_ppo(run: str | Path, cfg: PPOConfig, fresh: bool = False) -> dict:
         trainer.opt.load_state_dict(payload["optimizer"])
         trainer.kl_coef, start = payload["kl_coef"], payload["iteration"]
         trainer.ema = payload.get("ema")
-        print(f"[ppo] resuming from {ckpt_file} at iteration {start}", flush=True)
-        kept = [line for line in (metrics.read_text().split("\n") if metrics.is_file() else [])
-                if line.strip() and json.loads(line)["iteration"] <= start]
-        atomic_write_text(metrics, "".join(line + "\n" for line in kept))
-    print(f"[ppo] {len(train_prompts)} training prompts, {len(held)} held out; {cfg.rollout_prompts} rollouts per "
-          f"iteration, beta {trainer.kl_coef}, ptx {cfg.ptx_coef}", flush=True)
-    bar = tqdm(total=cfg.iterations, initial=start, desc="ppo", dynamic_ncols=True, mininterval=1.0)
+        if main:
+            print(f"[ppo] resuming from {ckpt_file} at iteration {start}", flush=True)
+            kept = [line for line in (metrics.read_text().split("\n") if metrics.is_file() else [])
+                    if line.strip() and json.loads(line)["iteration"] <= start]
+            atomic_write_text(metrics, "".join(line + "\n" for line in kept))
+    if main:
+        print(f"[ppo] {len(train_prompts)} training prompts, {len(held)} held out; {cfg.rollout_prompts} rollouts "
+              f"per iteration over {info.world_size} process(es), beta {trainer.kl_coef}, ptx {cfg.ptx_coef}",
+              flush=True)
+    bar = tqdm(total=cfg.iterations, initial=start, desc="ppo", dynamic_ncols=True, mininterval=1.0, disable=not main)
     for it in range(start, cfg.iterations):
         picked = [order(it * cfg.rollout_prompts + i) for i in range(cfg.rollout_prompts)]
         rec = {"iteration": it + 1, **trainer.iteration([train_prompts[j] for j in picked], it,
                                                         [train_refs[j] for j in picked])}
-        with open(metrics, "a") as f:
-            f.write(json.dumps(rec) + "\n")
-        state = {"policy": policy.state_dict(), "value": value.state_dict(), "optimizer": trainer.opt.state_dict(),
-                 "kl_coef": trainer.kl_coef, "iteration": it + 1, "settings": json.loads(json.dumps(settings)),
-                 **({"ema": trainer.ema} if trainer.ema is not None else {})}
-        torch.save(state, out / "checkpoint.pt.tmp")
-        (out / "checkpoint.pt.tmp").replace(ckpt_file)
+        if main:
+            with open(metrics, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            state = {"policy": policy.state_dict(), "value": value.state_dict(),
+                     "optimizer": trainer.opt.state_dict(), "kl_coef": trainer.kl_coef, "iteration": it + 1,
+                     "settings": json.loads(json.dumps(settings)),
+                     **({"ema": trainer.ema} if trainer.ema is not None else {})}
+            torch.save(state, out / "checkpoint.pt.tmp")
+            (out / "checkpoint.pt.tmp").replace(ckpt_file)
+        barrier()
         bar.update(1)
         bar.set_postfix(score=f"{rec['objective/scores']:.2f}", kl=f"{rec['objective/kl']:.2f}", refresh=False)
     bar.close()
-    if trainer.ema is not None:  # the EMA weights are the PPO model
-        policy.load_state_dict(trainer.ema)
-    result = compare_on_heldout(trainer, sft_copy.to(device), held[:cfg.eval_prompts], held_refs[:cfg.eval_prompts])
-    save_model(policy, out)
-    copy_tokenizer_files(sft_dir, out)
-    atomic_write_text(out / "eval.json", json.dumps(result, indent=2))
-    mark_complete(out, settings=settings, stage="ppo", iterations=cfg.iterations, **result)
-    return {"model_dir": str(out), **result}
+    if main:
+        if trainer.ema is not None:  # the EMA weights are the PPO model
+            policy.load_state_dict(trainer.ema)
+        result = compare_on_heldout(trainer, sft_copy.to(device), held[:cfg.eval_prompts],
+                                    held_refs[:cfg.eval_prompts])
+        save_model(policy, out)
+        copy_tokenizer_files(sft_dir, out)
+        atomic_write_text(out / "eval.json", json.dumps(result, indent=2))
+        mark_complete(out, settings=settings, stage="ppo", iterations=cfg.iterations, **result)
+    barrier()
+    return {"model_dir": str(out), **json.loads((out / "eval.json").read_text())}
