@@ -208,8 +208,8 @@ def test_all_pairs_of_a_group_are_scored_once(tok):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["rm", "dpo"])
-def test_two_processes_equal_one(sft_run, tmp_path, stage):
+@pytest.mark.parametrize("stage,mode", [("rm", "ddp"), ("dpo", "ddp"), ("rm", "fsdp"), ("dpo", "fsdp")])
+def test_two_processes_equal_one(sft_run, tmp_path, stage, mode):
     """The preference stages on the shared loop: 2 gloo processes x 1 micro-batch == 1 process x 2."""
     import shutil
     import sys
@@ -223,7 +223,7 @@ def test_two_processes_equal_one(sft_run, tmp_path, stage):
             "--eval-every", "2", "--save-every", "100", "--log-every", "1", "--set", "train.eval_batches=2"]
     run_ok([sys.executable, "-m", "chatforge.cli", *args, "--run-dir", str(one), "--grad-accum", "2"])
     run_ok([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-            "chatforge.cli", *args, "--run-dir", str(two)])
+            "chatforge.cli", *args, "--run-dir", str(two), "--dist", mode])
     (s1, v1), (s2, v2) = read_metrics(one / stage), read_metrics(two / stage)
     assert sorted(s1) == sorted(s2) == [1, 2, 3, 4]
     for step in s1:
