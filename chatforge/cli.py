@@ -365,8 +365,11 @@ def main(argv: list[str] | None = None) -> int:
 
             cfg = PPOConfig(**{k.removeprefix("ppo_"): v for k, v in vars(args).items() if k.startswith("ppo_")})
             r = run_ppo(args.run, cfg, fresh=args.force)
-            print(f"ppo done: held-out RM reward sft {r['sft_reward']:.3f} -> ppo {r['ppo_reward']:.3f}, "
-                  f"win rate of ppo over sft {100 * r['ppo_win_rate_vs_sft']:.1f}% -> {r['model_dir']}")
+            from chatforge.run import is_main_process
+
+            if is_main_process():
+                print(f"ppo done: held-out RM reward sft {r['sft_reward']:.3f} -> ppo {r['ppo_reward']:.3f}, "
+                      f"win rate of ppo over sft {100 * r['ppo_win_rate_vs_sft']:.1f}% -> {r['model_dir']}")
         elif args.command == "eval":
             from chatforge.eval.suite import compare_table, format_table, run_suite
 

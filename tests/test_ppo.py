@@ -202,7 +202,8 @@ def rl_run(prepared_run_template, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_ppo_on_two_processes_equals_one(rl_run, tmp_path):
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_ppo_on_two_processes_equals_one(rl_run, tmp_path, mode):
     import shutil
     import sys
 
@@ -215,7 +216,7 @@ def test_ppo_on_two_processes_equals_one(rl_run, tmp_path):
             "--eval-prompts", "4", "--ptx-coef", "0.5", "--ptx-rows", "2", "--ptx-seq-len", "32"]
     run_ok([sys.executable, "-m", "chatforge.cli", *args, "--run-dir", str(one)])
     run_ok([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-            "chatforge.cli", *args, "--run-dir", str(two)])
+            "chatforge.cli", *args, "--run-dir", str(two), "--dist", mode])
     m1, m2 = ([json.loads(line) for line in (r / "ppo" / "metrics.jsonl").read_text().split("\n") if line]
               for r in (one, two))
     assert len(m1) == len(m2) == 2

@@ -24,6 +24,7 @@ RM-judged win rate of PPO over SFT.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -71,6 +72,7 @@ class PPOConfig:
     seed: int = 1337
     eval_prompts: int = 60
     device: str = "auto"
+    dist: str = "ddp"  # ddp | fsdp, under torchrun
     reward: str = "rm"  # rm | rule | rm+rule (verifiable.py: prompts with a reference answer)
     rule_weight: float = 1.0
     ema_decay: float = 0.0  # > 0: keep an EMA of the policy's weights and save that as the PPO model
@@ -89,6 +91,8 @@ class PPOConfig:
             raise ChatforgeError(f"--reward {self.reward!r}: expected rm, rule or rm+rule")
         if not 0 <= self.ema_decay < 1:
             raise ChatforgeError("--ema-decay must be in [0, 1)")
+        if self.dist not in ("ddp", "fsdp"):
+            raise ChatforgeError(f"--dist {self.dist!r}: expected ddp or fsdp")
 
 
 # -- the pieces, each testable on its own ----------------------------------------------------------------
@@ -218,23 +222,30 @@ class PPOTrainer:
         self.info = info or DistInfo(device=next(policy.parameters()).device)
         for m in (self.ref, self.rm):
             m.eval().requires_grad_(False)
-        # under torchrun the trained models are DDP-wrapped (gradients averaged); generation and scoring
-        # use the plain modules. Each process holds every `world_size`-th rollout of an iteration.
-        self.policy_train = wrap_model(policy, self.info, "ddp", None)
-        self.value_train = wrap_model(value_model, self.info, "ddp", None)
+        # Under torchrun the trained models are wrapped (DDP averages gradients; FSDP2 shards them too), and
+        # each process holds every `world_size`-th rollout of an iteration. Generation runs a different
+        # number of steps on each process, so it can't use sharded weights (every forward would be a
+        # collective): under FSDP2 a plain full copy generates, refreshed after every update.
+        sharded = self.info.distributed and cfg.dist == "fsdp"
+        self.gen_policy = copy.deepcopy(policy) if sharded else policy
+        self.policy_train = wrap_model(policy, self.info, cfg.dist, None)
+        self.value_train = wrap_model(value_model, self.info, cfg.dist, None)
+        self.sharded = sharded
+        self.container = torch.nn.ModuleDict({"policy": policy, "value": value_model})  # for checkpoints
         # no weight decay: with zero advantages an update must leave the policy exactly as it is
         self.opt = torch.optim.AdamW([*policy.parameters(), *value_model.parameters()], lr=cfg.lr,
                                      weight_decay=0.0, betas=(0.9, 0.95))
         self.kl_coef = cfg.kl_coef
         self.device = next(policy.parameters()).device
         # the EMA starts at the initial (SFT) weights
-        self.ema = {k: v.detach().clone() for k, v in policy.state_dict().items()} if cfg.ema_decay > 0 else None
+        self.ema = ({k: v.detach().clone() for k, v in self.gen_policy.state_dict().items()}
+                    if cfg.ema_decay > 0 else None)
 
     # -- rollout -------------------------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], seed: int, temperature: float | None = None,
                  seeds: list[int] | None = None):
-        engine = Engine(self.policy.eval(), self.tok, max_batch=len(prompts))
+        engine = Engine(self.gen_policy.eval(), self.tok, max_batch=len(prompts))
         engine.default_stop_ids = (self.tok.end_id,)  # "stop" then means the answer ended with <|end|>
         t = self.cfg.temperature if temperature is None else temperature
         seeds = seeds if seeds is not None else [seed + i for i in range(len(prompts))]
@@ -264,10 +275,10 @@ class PPOTrainer:
         """Old log-probs, reference log-probs, values, per-token rewards, advantages and returns."""
         dev = self.device
         x, targets, mask = ro.x.to(dev), ro.targets.to(dev), ro.mask.to(dev)
-        self.policy.train()  # the same mode as the update's forward (dropout is 0 in PPO, so no randomness)
-        old_logp = token_logprobs(self.policy, x, targets, self.cfg.temperature) * mask
+        self.gen_policy.train()  # the update's mode (dropout is 0 in PPO, so no randomness either way)
+        old_logp = token_logprobs(self.gen_policy, x, targets, self.cfg.temperature) * mask
         ref_logp = token_logprobs(self.ref, x, targets, self.cfg.temperature) * mask
-        values = token_values(self.value, x) * mask
+        values = token_values(self.value_train, x) * mask  # once per process: fine under FSDP2 too
         kl = kl_per_token(old_logp, ref_logp, self.cfg.kl_estimator) * mask
         rewards = -self.kl_coef * kl
         last = mask.cumsum(1).argmax(1)  # the final answer position of each row
@@ -331,12 +342,21 @@ class PPOTrainer:
             err = float(np.clip(kl / self.cfg.kl_target - 1, -0.2, 0.2))
             self.kl_coef *= 1 + err * n / self.cfg.kl_horizon
 
+    def sync_generation_weights(self) -> None:
+        """FSDP2: gather the trained weights into the generation copy (collective: every process calls)."""
+        if self.sharded:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            # full tensors on every process (not only rank 0, as checkpoints gather them)
+            full = get_model_state_dict(self.policy_train, options=StateDictOptions(full_state_dict=True))
+            self.gen_policy.load_state_dict(full)
+
     @torch.no_grad()
     def update_ema(self) -> None:
         if self.ema is None:
             return
         d = self.cfg.ema_decay
-        for k, v in self.policy.state_dict().items():
+        for k, v in self.gen_policy.state_dict().items():
             if v.is_floating_point():
                 self.ema[k].mul_(d).add_(v, alpha=1 - d)
             else:
@@ -358,6 +378,7 @@ class PPOTrainer:
         batch = self.prepare(ro)
         t2 = time.perf_counter()
         upd = self.update(batch, it, n_global=n)
+        self.sync_generation_weights()
         self.update_ema()
         t3 = time.perf_counter()
         mask = batch["mask"]
@@ -407,17 +428,17 @@ def compare_on_heldout(trainer: PPOTrainer, sft: GPT, prompts: list[list[int]], 
     mean rewards, PPO's win rate, and how many answers are right where a reference exists."""
     from chatforge.train.verifiable import rule_reward
 
-    policy = trainer.policy
+    policy = trainer.gen_policy
     out = {}
     for name, model in (("sft", sft), ("ppo", policy)):
-        trainer.policy = model
+        trainer.gen_policy = model
         answers, ended, _ = trainer.generate(prompts, seed=0, temperature=1e-6)
         out[name] = trainer.score(prompts, answers, ended, references)
         out[name + "_ended"] = sum(ended)
         checks = [rule_reward(trainer.tok.decode(a), r) for a, r in zip(answers, references)]
         checks = [c for c in checks if c is not None]
         out[name + "_correct"] = sum(checks) / len(checks) if checks else None
-    trainer.policy = policy
+    trainer.gen_policy = policy
     wins = (out["ppo"] > out["sft"]).float() + 0.5 * (out["ppo"] == out["sft"]).float()
     return {"prompts": len(prompts), "sft_reward": float(out["sft"].mean()), "ppo_reward": float(out["ppo"].mean()),
             "ppo_win_rate_vs_sft": float(wins.mean()), "sft_ended": out["sft_ended"], "ppo_ended": out["ppo_ended"],
@@ -439,6 +460,7 @@ def run_ppo(run: str | Path, cfg: PPOConfig, fresh: bool = False) -> dict:
 
 
 def _run_ppo(run: Path, cfg: PPOConfig, fresh: bool, info) -> dict:
+    from chatforge.train import ckpt
     from chatforge.train.dist import barrier
 
     sft_dir, rm_dir, out = stage_dir(run, "sft"), stage_dir(run, "rm"), stage_dir(run, "ppo")
@@ -475,14 +497,13 @@ def _run_ppo(run: Path, cfg: PPOConfig, fresh: bool, info) -> dict:
         (out / "stage.json").unlink(missing_ok=True)
     barrier()
     start = 0
-    if ckpt_file.is_file():
-        payload = torch.load(ckpt_file, map_location="cpu", weights_only=True)
+    payload = ckpt.load_checkpoint(out) if ckpt_file.is_file() else None
+    if payload is not None:
         if payload["settings"] != json.loads(json.dumps(settings)):
             raise ChatforgeError(f"{ckpt_file} was made with other settings; re-run with the same ones or --force")
-        policy.load_state_dict(payload["policy"])
-        value.load_state_dict(payload["value"])
-        trainer.opt.load_state_dict(payload["optimizer"])
-        trainer.kl_coef, start = payload["kl_coef"], payload["iteration"]
+        ckpt.restore(trainer.container, trainer.opt, payload, info.rank)  # reshards: any process count
+        trainer.sync_generation_weights()
+        trainer.kl_coef, start = payload["kl_coef"], payload["step"]
         trainer.ema = payload.get("ema")
         if main:
             print(f"[ppo] resuming from {ckpt_file} at iteration {start}", flush=True)
@@ -501,22 +522,20 @@ def _run_ppo(run: Path, cfg: PPOConfig, fresh: bool, info) -> dict:
         if main:
             with open(metrics, "a") as f:
                 f.write(json.dumps(rec) + "\n")
-            state = {"policy": policy.state_dict(), "value": value.state_dict(),
-                     "optimizer": trainer.opt.state_dict(), "kl_coef": trainer.kl_coef, "iteration": it + 1,
-                     "settings": json.loads(json.dumps(settings)),
-                     **({"ema": trainer.ema} if trainer.ema is not None else {})}
-            torch.save(state, out / "checkpoint.pt.tmp")
-            (out / "checkpoint.pt.tmp").replace(ckpt_file)
+        extra = {"step": it + 1, "kl_coef": trainer.kl_coef, "settings": json.loads(json.dumps(settings)),
+                 **({"ema": trainer.ema} if trainer.ema is not None else {})}
+        ckpt.save_checkpoint(out, trainer.container, trainer.opt, extra, main)  # collective; atomic write
         barrier()
         bar.update(1)
         bar.set_postfix(score=f"{rec['objective/scores']:.2f}", kl=f"{rec['objective/kl']:.2f}", refresh=False)
     bar.close()
     if main:
+        final = trainer.gen_policy  # the full weights (the trained policy itself unless FSDP2 sharded it)
         if trainer.ema is not None:  # the EMA weights are the PPO model
-            policy.load_state_dict(trainer.ema)
+            final.load_state_dict(trainer.ema)
         result = compare_on_heldout(trainer, sft_copy.to(device), held[:cfg.eval_prompts],
                                     held_refs[:cfg.eval_prompts])
-        save_model(policy, out)
+        save_model(final, out)
         copy_tokenizer_files(sft_dir, out)
         atomic_write_text(out / "eval.json", json.dumps(result, indent=2))
         mark_complete(out, settings=settings, stage="ppo", iterations=cfg.iterations, **result)
