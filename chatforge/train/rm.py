@@ -19,7 +19,6 @@ Writes `<run>/rm/`: a model folder + reward_head.safetensors + reward.json (see 
 from __future__ import annotations
 
 import json
-import math
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,7 +43,7 @@ from chatforge.run import (
 from chatforge.tokenizer import Tokenizer, copy_tokenizer_files
 from chatforge.train import loop
 from chatforge.train.rm_data import Group, build_group_batch, load_groups
-from chatforge.train.sampler import EpochOrder
+from chatforge.train.sampler import EpochOrder, global_slot, rank_val_batches
 
 VAL_EVERY = 10
 NORM_SAMPLES = 128
@@ -75,7 +74,7 @@ class RMTask:
         return b
 
     def train_batch(self, step, micro, info, batch_size, grad_accum):
-        slot = step * grad_accum * info.world_size + info.rank * grad_accum + micro
+        slot = global_slot(step, micro, info, grad_accum)
         return self._batch([self.train[self.order(slot * batch_size + i)] for i in range(batch_size)])
 
     def loss(self, model, batch):
@@ -89,20 +88,13 @@ class RMTask:
         return batch["x"].numel()
 
     def val_batches(self, info, batch_size, n_batches):
-        total = min(n_batches * batch_size, len(self.val))
-        if total == 0:
-            return []
-        mine = list(range(info.rank, total, info.world_size))
-        per_rank = math.ceil(math.ceil(total / info.world_size) / batch_size)
-        out = []
-        for i in range(per_rank):
-            groups = [self.val[g] for g in mine[i * batch_size:(i + 1) * batch_size]]
-            b = self._batch(groups or [self.val[0]])
-            if not groups:  # padding batch: same forward on every rank, no weight
-                b["n_groups"].zero_()
-                b["pair_weight"].zero_()
-            out.append(b)
-        return out
+        def padding():  # the same forward as a real batch, with no weight
+            b = self._batch([self.val[0]])
+            b["n_groups"].zero_()
+            b["pair_weight"].zero_()
+            return b
+
+        return rank_val_batches(self.val, info, batch_size, n_batches, self._batch, padding)
 
 
 def pairwise_accuracy(model: RewardModel, groups: list[Group], pad_id: int) -> dict:

@@ -9,6 +9,8 @@ micro-batches sees exactly the same data (2 processes x 1 micro-batch == 1 proce
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -55,3 +57,22 @@ class WindowSampler:
         """Samples first .. first+size-1 as (inputs, targets), each (size, seq_len)."""
         rows = torch.from_numpy(np.stack([self.sample(first + i) for i in range(size)]))
         return rows[:, :-1], rows[:, 1:]
+
+
+def global_slot(step: int, micro: int, info, grad_accum: int) -> int:
+    """The global number of a micro-batch. Processes and micro-batches interleave so that any split of a
+    step (2 processes x 1 micro-batch, 1 x 2, ...) covers the same slots, hence the same samples."""
+    return step * grad_accum * info.world_size + info.rank * grad_accum + micro
+
+
+def rank_val_batches(items: list, info, batch_size: int, n_batches: int, make_batch, make_padding) -> list:
+    """This process's share of the first `n_batches * batch_size` validation items, in batches. Every process
+    gets the same number of batches (FSDP forwards are collective): one that runs out gets
+    `make_padding()` batches, which must carry no weight (tokens_in == 0)."""
+    total = min(n_batches * batch_size, len(items))
+    if total == 0:
+        return []
+    mine = list(range(info.rank, total, info.world_size))
+    per_rank = math.ceil(math.ceil(total / info.world_size) / batch_size)
+    chunks = [[items[g] for g in mine[i * batch_size:(i + 1) * batch_size]] for i in range(per_rank)]
+    return [make_batch(c) if c else make_padding() for c in chunks]

@@ -22,7 +22,6 @@ the format. The loss is the mean over all trained tokens of the micro-batch.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -45,7 +44,7 @@ from chatforge.run import (
 )
 from chatforge.tokenizer import Tokenizer, copy_tokenizer_files
 from chatforge.train import loop
-from chatforge.train.sampler import EpochOrder, WindowSampler
+from chatforge.train.sampler import EpochOrder, WindowSampler, global_slot, rank_val_batches
 from chatforge.train.sft_data import Sample, build_row, load_samples, pack
 
 VAL_EVERY = 20
@@ -86,7 +85,7 @@ class SFTTask:
     def train_batch(self, step, micro, info, batch_size, grad_accum):
         n_ptx = self._n_ptx(batch_size)
         n_sft = batch_size - n_ptx
-        slot = step * grad_accum * info.world_size + info.rank * grad_accum + micro  # global micro-batch number
+        slot = global_slot(step, micro, info, grad_accum)
         batch = self._rows([self.rows[self.order(slot * n_sft + i)] for i in range(n_sft)], self.samples)
         if n_ptx:
             x, y = self.ptx.batch(slot * n_ptx, n_ptx)
@@ -105,21 +104,13 @@ class SFTTask:
         return batch["x"].numel()  # prompts and padding are computed too: they count for tokens/s and MFU
 
     def val_batches(self, info, batch_size, n_batches):
-        total = min(n_batches * batch_size, len(self.val_rows))
-        if total == 0:
-            return []
-        mine = list(range(info.rank, total, info.world_size))
-        per_rank = math.ceil(math.ceil(total / info.world_size) / batch_size)
-        out = []
-        for i in range(per_rank):
-            groups = [self.val_rows[g] for g in mine[i * batch_size:(i + 1) * batch_size]]
-            if groups:
-                out.append(self._rows(groups, self.val_samples))
-            else:  # this rank ran out of rows but FSDP needs its forward: a batch with no trained tokens
-                b = self._rows([self.val_rows[0]], self.val_samples)
-                b["y"].fill_(-100)
-                out.append(b)
-        return out
+        def padding():  # a row with no trained tokens
+            b = self._rows([self.val_rows[0]], self.val_samples)
+            b["y"].fill_(-100)
+            return b
+
+        return rank_val_batches(self.val_rows, info, batch_size, n_batches,
+                                lambda groups: self._rows(groups, self.val_samples), padding)
 
 
 def source_model_dir(run: Path, opts: SFTOptions) -> Path:
