@@ -294,3 +294,36 @@ def test_ema_of_policy_weights(tok):
         if v.is_floating_point():
             torch.testing.assert_close(v, 0.5 * start[k] + 0.5 * now[k])
     assert any(not torch.equal(trainer.ema[k], now[k]) for k in now)
+
+
+@pytest.mark.slow
+def test_ppo_saved_on_two_processes_resumes_on_one(rl_run, tmp_path):
+    """Killed while saving iteration 2 under 2 processes; resumed on 1 from iteration 1: same run as an
+    uninterrupted single process."""
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.conftest import cli_env, run_ok
+
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    for r in (ref, run):
+        shutil.copytree(rl_run, r, ignore=shutil.ignore_patterns("ppo"))
+    args = ["ppo", "--iterations", "3", "--rollout-prompts", "4", "--minibatch", "2", "--max-new-tokens", "8",
+            "--eval-prompts", "4"]
+    run_ok([sys.executable, "-m", "chatforge.cli", *args, "--run-dir", str(ref)])
+    env = cli_env()
+    env["CHATFORGE_TEST_KILL_IN_SAVE"] = "2"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "chatforge.cli", *args, "--run-dir", str(run)], env=env, capture_output=True,
+                          timeout=300)
+    assert proc.returncode != 0
+    assert torch.load(run / "ppo" / "checkpoint.pt", weights_only=True)["step"] == 1
+    out = run_ok([sys.executable, "-m", "chatforge.cli", *args, "--run-dir", str(run)])
+    assert "at iteration 1" in out.stdout
+    m1, m2 = ([json.loads(line) for line in (r / "ppo" / "metrics.jsonl").read_text().split("\n") if line]
+              for r in (ref, run))
+    assert [r["iteration"] for r in m2] == [1, 2, 3]
+    for a, b in zip(m1, m2):
+        for key in ("objective/scores", "objective/kl", "loss/policy_avg", "loss/value_avg"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5), key
