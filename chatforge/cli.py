@@ -78,6 +78,14 @@ def _resolve_preset(args, command: str = "pretrain"):
     return name, preset, sets["model"]
 
 
+def _stage_train_config(args, stage: str):
+    """The training settings of a post-training stage; it trains the shape it starts from, so no model.*."""
+    _, preset, model_over = _resolve_preset(args, stage)
+    if model_over:
+        raise ChatforgeError(f"{stage} trains the shape it starts from; --set model.* is not accepted here")
+    return getattr(preset, stage)
+
+
 def _sft_options(args, pipeline: bool = False):
     """SFT options from the flags; in the pipeline SFT starts from its own pre-trained model (which
     --init-from already seeded) and reads --sft-data (--data there is the pre-training corpus)."""
@@ -316,10 +324,8 @@ def main(argv: list[str] | None = None) -> int:
             from chatforge.run import is_main_process
             from chatforge.train.sft import run_sft
 
-            _, preset, model_over = _resolve_preset(args, "sft")
-            if model_over:
-                raise ChatforgeError("sft trains the shape it starts from; --set model.* is not accepted here")
-            summary = run_sft(args.run, preset.sft, _sft_options(args), fresh=args.force)
+            tcfg = _stage_train_config(args, "sft")
+            summary = run_sft(args.run, tcfg, _sft_options(args), fresh=args.force)
             if is_main_process():
                 print(f"sft done: step {summary['step']}, val loss {summary.get('val/loss', float('nan')):.4f}, "
                       f"kept the step-{summary['selected_step']} checkpoint -> {summary['model_dir']}")
@@ -337,10 +343,8 @@ def main(argv: list[str] | None = None) -> int:
             from chatforge.run import is_main_process
             from chatforge.train.rm import RMOptions, run_rm
 
-            _, preset, model_over = _resolve_preset(args, "rm")
-            if model_over:
-                raise ChatforgeError("rm trains the shape it starts from; --set model.* is not accepted here")
-            summary = run_rm(args.run, preset.rm, RMOptions(data=args.data, on_bad=args.on_bad_record,
+            tcfg = _stage_train_config(args, "rm")
+            summary = run_rm(args.run, tcfg, RMOptions(data=args.data, on_bad=args.on_bad_record,
                                                             init=args.init, init_from=args.init_from),
                              fresh=args.force)
             if is_main_process():
@@ -351,10 +355,8 @@ def main(argv: list[str] | None = None) -> int:
             from chatforge.run import is_main_process
             from chatforge.train.dpo import DPOOptions, run_dpo
 
-            _, preset, model_over = _resolve_preset(args, "dpo")
-            if model_over:
-                raise ChatforgeError("dpo trains the shape it starts from; --set model.* is not accepted here")
-            summary = run_dpo(args.run, preset.dpo, DPOOptions(data=args.data, on_bad=args.on_bad_record,
+            tcfg = _stage_train_config(args, "dpo")
+            summary = run_dpo(args.run, tcfg, DPOOptions(data=args.data, on_bad=args.on_bad_record,
                                                                beta=args.beta, init=args.init), fresh=args.force)
             if is_main_process():
                 acc = summary["eval"]["heldout_preference_accuracy"]["accuracy"]

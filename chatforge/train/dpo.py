@@ -30,12 +30,13 @@ from chatforge.run import (
     atomic_write_text,
     is_main_process,
     mark_complete,
-    read_stage_info,
     require_run,
     stage_dir,
 )
 from chatforge.tokenizer import Tokenizer, copy_tokenizer_files
 from chatforge.train import loop
+from chatforge.train.dist import resolve_device
+from chatforge.train.inputs import data_paths, stage_plan, start_model_dir
 from chatforge.train.rm_data import Group, Scored, load_groups
 from chatforge.train.sampler import EpochOrder, global_slot, rank_val_batches
 from chatforge.train.sft_data import pack
@@ -152,26 +153,12 @@ def preference_accuracy(policy_lp: dict[int, np.ndarray], ref_lp: dict[int, np.n
     return {"accuracy": right / total if total else None, "pairs": total}
 
 
-def _resolve_device(cfg: TrainConfig) -> torch.device:
-    if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(cfg.device)
+def _source(run: Path, opts: DPOOptions) -> Path:
+    return start_model_dir(run, opts.init, None, "DPO")
 
 
 def plan_dpo(run: Path, tcfg: TrainConfig, opts: DPOOptions) -> dict:
-    src = _source(run, opts)
-    data = list(opts.data) if opts.data else [str(stage_dir(run, "world") / "rankings.jsonl")]
-    return {"source": src.name, "source_stage": read_stage_info(src).get("settings"), "data": data,
-            "options": {k: v for k, v in asdict(opts).items() if k != "data"}, "train": loop.run_identity(tcfg, 1)}
-
-
-def _source(run: Path, opts: DPOOptions) -> Path:
-    if opts.init not in ("sft", "base"):
-        raise ChatforgeError(f"--from {opts.init!r}: expected sft or base")
-    folder = stage_dir(run, "pretrain" if opts.init == "base" else "sft")
-    if not read_stage_info(folder).get("complete"):
-        raise ChatforgeError(f"{folder}: no finished model to start DPO from; run that stage first")
-    return folder
+    return stage_plan(_source(run, opts), data_paths(run, opts.data, "rankings.jsonl", "rankings"), opts, tcfg)
 
 
 def run_dpo(run: str | Path, tcfg: TrainConfig, opts: DPOOptions, fresh: bool = False) -> dict:
@@ -181,13 +168,10 @@ def run_dpo(run: str | Path, tcfg: TrainConfig, opts: DPOOptions, fresh: bool = 
     src, out = _source(run, opts), stage_dir(run, "dpo")
     mcfg, tok = load_config(src), Tokenizer.load(src)
     settings = plan_dpo(run, tcfg, opts)
-    for p in settings["data"]:
-        if not Path(p).exists():
-            raise ChatforgeError(f"{p}: no preference data; run `chatforge world --run {run}` or pass --data")
     train, val, report = load_groups(settings["data"], tok, tcfg.seq_len, opts.on_bad, val_every=VAL_EVERY)
     reference = GPT(mcfg)
     reference.load_state_dict(load_state(src, mcfg))
-    device = _resolve_device(tcfg)
+    device = resolve_device(tcfg.device)
     reference.to(device)
     ref_lp = group_logprobs(reference, train + val, tcfg.seq_len, tok.pad_id, device)
     del reference

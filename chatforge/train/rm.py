@@ -42,6 +42,7 @@ from chatforge.run import (
 )
 from chatforge.tokenizer import Tokenizer, copy_tokenizer_files
 from chatforge.train import loop
+from chatforge.train.inputs import data_paths, stage_plan, start_model_dir
 from chatforge.train.rm_data import Group, build_group_batch, load_groups
 from chatforge.train.sampler import EpochOrder, global_slot, rank_val_batches
 
@@ -112,33 +113,11 @@ def pairwise_accuracy(model: RewardModel, groups: list[Group], pad_id: int) -> d
 
 
 def _source_dir(run: Path, opts: RMOptions) -> Path:
-    if opts.init_from:
-        from chatforge.init_from import INIT_DIR
-
-        return run / INIT_DIR
-    if opts.init not in ("sft", "base"):
-        raise ChatforgeError(f"--from {opts.init!r}: expected sft or base")
-    folder = stage_dir(run, "pretrain" if opts.init == "base" else "sft")
-    if not read_stage_info(folder).get("complete"):
-        raise ChatforgeError(f"{folder}: no finished model to start the reward model from; run that stage first "
-                             f"(or use --from base / --init-from <hf-dir>)")
-    return folder
-
-
-def _data_paths(run: Path, opts: RMOptions) -> list[str]:
-    if opts.data:
-        return list(opts.data)
-    default = stage_dir(run, "world") / "rankings.jsonl"
-    if not default.is_file():
-        raise ChatforgeError(f"{default}: no rankings; run `chatforge world --run {run}` or pass --data")
-    return [str(default)]
+    return start_model_dir(run, opts.init, opts.init_from, "the reward model")
 
 
 def plan_rm(run: Path, tcfg: TrainConfig, opts: RMOptions) -> dict:
-    src = _source_dir(run, opts)
-    return {"source": src.name, "source_stage": read_stage_info(src).get("settings"),
-            "data": _data_paths(run, opts), "options": {k: v for k, v in asdict(opts).items() if k != "data"},
-            "train": loop.run_identity(tcfg, 1)}
+    return stage_plan(_source_dir(run, opts), data_paths(run, opts.data, "rankings.jsonl", "rankings"), opts, tcfg)
 
 
 def _normalisation(run: Path, model: RewardModel, tok: Tokenizer, train: list[Group], seed: int) -> dict:
@@ -177,7 +156,7 @@ def run_rm(run: str | Path, tcfg: TrainConfig, opts: RMOptions, fresh: bool = Fa
     mcfg, tok = load_config(src), Tokenizer.load(src)
     if tcfg.seq_len > mcfg.max_seq_len:
         raise ChatforgeError(f"train.seq_len={tcfg.seq_len} exceeds the model's context {mcfg.max_seq_len}")
-    paths = _data_paths(run, opts)
+    paths = data_paths(run, opts.data, "rankings.jsonl", "rankings")
     train, val, report = load_groups(paths, tok, tcfg.seq_len, opts.on_bad, val_every=VAL_EVERY)
     task = RMTask(train, val, tcfg.seq_len, tcfg.seed, tok.pad_id)
     settings = plan_rm(run, tcfg, opts)
@@ -233,24 +212,20 @@ def run_rm(run: str | Path, tcfg: TrainConfig, opts: RMOptions, fresh: bool = Fa
 def score_file(run: str | Path, input_path: str | Path, output_path: str | Path | None = None) -> list[float]:
     """`chatforge rm score`: rewards (normalised) of the conversations in a jsonl ({"messages": [...]})."""
     from chatforge.reward import load_reward_model, score_conversations
-    from chatforge.train.sft_data import BadRecord, to_messages, validate
+    from chatforge.train.sft_data import LoadReport, read_records, to_messages, validate
 
     model, tok = load_reward_model(stage_dir(require_run(run), "rm"))
-    convs, records = [], []
     path = Path(input_path)
     if not path.is_file():
         raise ChatforgeError(f"{path}: no such file")
-    for n, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-            messages = to_messages(rec)
-            validate(messages)
-        except (json.JSONDecodeError, BadRecord) as e:
-            raise ChatforgeError(f"{path}:{n}: {e}") from None
-        convs.append(messages)
-        records.append(rec)
+
+    def parse(rec):
+        messages = to_messages(rec)
+        validate(messages)
+        return rec, messages
+
+    parsed = list(read_records([path], "error", LoadReport(), parse, hint=False))
+    records, convs = [r for r, _ in parsed], [m for _, m in parsed]
     scores = score_conversations(model, tok, convs)
     if output_path:
         lines = [json.dumps({**r, "score": s}, ensure_ascii=False) for r, s in zip(records, scores)]

@@ -25,11 +25,10 @@ import numpy as np
 from chatforge import ChatforgeError
 from chatforge.tokenizer import Tokenizer
 from chatforge.train.sft_data import (
-    ON_BAD,
     BadRecord,
     LoadReport,
-    jsonl_files,
     pack,
+    read_records,
     tokenize_conversation,
     validate,
 )
@@ -98,42 +97,25 @@ def load_groups(paths: list[str | Path], tok: Tokenizer, max_len: int, on_bad: s
                 val_every: int = 0) -> tuple[list[Group], list[Group], LoadReport]:
     """Read every comparison record -> (train groups, val groups, report); every `val_every`-th kept group
     is held out (by prompt: both rankings of a doubly-ranked prompt land on the same side)."""
-    if on_bad not in ON_BAD:
-        raise ChatforgeError(f"--on-bad-record {on_bad!r}: expected one of {ON_BAD}")
+    def parse(rec) -> tuple[str, Group]:
+        convs, pairs, labeler = to_group_messages(rec)
+        if not pairs:
+            raise BadRecord("no ordered pair (every answer tied)")
+        scored = []
+        for c in convs:
+            validate(c)
+            ids, trained = tokenize_conversation(tok, c)
+            if len(ids) > max_len:
+                raise BadRecord("too long", f"{len(ids)} tokens, at most {max_len}")
+            scored.append(Scored(np.asarray(ids, dtype=np.int64), np.asarray(trained, dtype=bool)))
+        return json.dumps(convs[0][:-1], ensure_ascii=False), Group(scored, pairs, labeler)
+
     report, train, val = LoadReport(), [], []
     prompt_side: dict[str, bool] = {}
-    for f in jsonl_files(paths):
-        for n, line in enumerate(f.read_text(encoding="utf-8").split("\n"), 1):
-            if not line.strip():
-                continue
-            report.records += 1
-            try:
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise BadRecord("not valid JSON", e.msg) from None
-                convs, pairs, labeler = to_group_messages(rec)
-                if not pairs:
-                    raise BadRecord("no ordered pair (every answer tied)")
-                scored = []
-                for c in convs:
-                    validate(c)
-                    ids, trained = tokenize_conversation(tok, c)
-                    if len(ids) > max_len:
-                        raise BadRecord("too long", f"{len(ids)} tokens, at most {max_len}")
-                    scored.append(Scored(np.asarray(ids, dtype=np.int64), np.asarray(trained, dtype=bool)))
-            except BadRecord as e:
-                if on_bad == "error":
-                    raise ChatforgeError(f"{f}:{n}: {e} (use --on-bad-record skip to skip such records "
-                                         f"and count them)") from None
-                report.skipped[e.kind] += 1
-                report.examples.setdefault(e.kind, f"{f}:{n}: {e}")
-                continue
-            key = json.dumps(convs[0][:-1], ensure_ascii=False)
-            if key not in prompt_side:
-                prompt_side[key] = bool(val_every) and len(prompt_side) % val_every == 0
-            (val if prompt_side[key] else train).append(Group(scored, pairs, labeler))
-            report.kept += 1
+    for key, group in read_records(paths, on_bad, report, parse):
+        if key not in prompt_side:
+            prompt_side[key] = bool(val_every) and len(prompt_side) % val_every == 0
+        (val if prompt_side[key] else train).append(group)
     if not train:
         raise ChatforgeError(f"no usable comparisons in {[str(p) for p in paths]} ({dict(report.skipped)} skipped)")
     return train, val, report

@@ -44,6 +44,7 @@ from chatforge.run import (
 )
 from chatforge.tokenizer import Tokenizer, copy_tokenizer_files
 from chatforge.train import loop
+from chatforge.train.inputs import data_paths, stage_plan, start_model_dir
 from chatforge.train.sampler import EpochOrder, WindowSampler, global_slot, rank_val_batches
 from chatforge.train.sft_data import Sample, build_row, load_samples, pack
 
@@ -115,35 +116,13 @@ class SFTTask:
 
 def source_model_dir(run: Path, opts: SFTOptions) -> Path:
     """Where SFT starts from: the imported checkpoint or the run's pre-trained model."""
-    if opts.init_from:
-        from chatforge.init_from import INIT_DIR
-
-        return run / INIT_DIR
-    base = stage_dir(run, "pretrain")
-    if not read_stage_info(base).get("complete"):
-        raise ChatforgeError(f"{base}: no finished pre-trained model; run `chatforge pretrain --run {run}` first, "
-                             f"or start from a checkpoint with --init-from <hf-dir>")
-    return base
-
-
-def _data_paths(run: Path, opts: SFTOptions) -> list[str]:
-    if opts.data:
-        return list(opts.data)
-    default = stage_dir(run, "world") / "sft.jsonl"
-    if not default.is_file():
-        raise ChatforgeError(f"{default}: no demonstrations; run `chatforge world --run {run}` or pass --data")
-    return [str(default)]
+    return start_model_dir(run, "base", opts.init_from, "SFT")
 
 
 def plan_sft(run: Path, tcfg: TrainConfig, opts: SFTOptions) -> dict:
     """The settings and input fingerprints that define this SFT run (stage.json, checkpoint identity)."""
     src = source_model_dir(run, opts)
-    if not opts.init_from and not (src / "model.safetensors").is_file():
-        raise ChatforgeError(f"{src}: no model weights")
-    settings = {"source": src.name, "source_stage": read_stage_info(src).get("settings"),
-                "data": _data_paths(run, opts), "options": {k: v for k, v in asdict(opts).items() if k != "data"},
-                "train": loop.run_identity(tcfg, 1)}
-    return settings
+    return stage_plan(src, data_paths(run, opts.data, "sft.jsonl", "demonstrations"), opts, tcfg)
 
 
 def run_sft(run: str | Path, tcfg: TrainConfig, opts: SFTOptions, fresh: bool = False) -> dict:
@@ -160,7 +139,7 @@ def run_sft(run: str | Path, tcfg: TrainConfig, opts: SFTOptions, fresh: bool = 
     mcfg, tok = load_config(src), Tokenizer.load(src)
     if tcfg.seq_len > mcfg.max_seq_len:
         raise ChatforgeError(f"train.seq_len={tcfg.seq_len} exceeds the model's context {mcfg.max_seq_len}")
-    paths = _data_paths(run, opts)
+    paths = data_paths(run, opts.data, "sft.jsonl", "demonstrations")
     train_s, val_s, report = load_samples(paths, tok, tcfg.seq_len, opts.on_bad, val_every=VAL_EVERY)
     ptx = None
     if opts.ptx_fraction > 0:

@@ -107,16 +107,13 @@ class LoadReport:
                 "skipped_total": sum(self.skipped.values()), "examples": self.examples}
 
 
-def load_samples(paths: list[str | Path], tok: Tokenizer, seq_len: int, on_bad: str = "error",
-                 val_every: int = 0) -> tuple[list[Sample], list[Sample], LoadReport]:
-    """Read, validate and tokenise every record -> (train samples, val samples, report). With `val_every`
-    = N > 0, every N-th kept conversation goes to validation (held out from training)."""
+def read_records(paths: list[str | Path], on_bad: str, report: LoadReport, parse, hint: bool = True):
+    """Yield `parse(record)` for every jsonl record of `paths`. A record that is not JSON, or that `parse`
+    rejects with BadRecord, stops everything with `file:line: reason` (`on_bad="error"`) or is counted in
+    `report` per reason with its first example (`"skip"`)."""
     if on_bad not in ON_BAD:
         raise ChatforgeError(f"--on-bad-record {on_bad!r}: expected one of {ON_BAD}")
-    files = jsonl_files(paths)
-    report = LoadReport()
-    train, val = [], []
-    for f in files:
+    for f in jsonl_files(paths):
         # split on "\n" only: str.splitlines would also split inside text on U+2028, U+0085, ...
         for n, line in enumerate(f.read_text(encoding="utf-8", errors="strict").split("\n"), 1):
             if not line.strip():
@@ -127,25 +124,36 @@ def load_samples(paths: list[str | Path], tok: Tokenizer, seq_len: int, on_bad: 
                     rec = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise BadRecord("not valid JSON", e.msg) from None
-                messages = to_messages(rec)
-                validate(messages)
-                ids, trained = tokenize_conversation(tok, messages)
-                if len(ids) - 1 > seq_len:
-                    raise BadRecord("too long", f"{len(ids)} tokens, a row holds {seq_len + 1}")
+                item = parse(rec)
             except BadRecord as e:
-                reason = str(e)
                 if on_bad == "error":
-                    raise ChatforgeError(f"{f}:{n}: {reason} (use --on-bad-record skip to skip such records "
-                                         f"and count them)") from None
-                key = e.kind
-                report.skipped[key] += 1
-                report.examples.setdefault(key, f"{f}:{n}: {reason}")
+                    more = " (use --on-bad-record skip to skip such records and count them)" if hint else ""
+                    raise ChatforgeError(f"{f}:{n}: {e}{more}") from None
+                report.skipped[e.kind] += 1
+                report.examples.setdefault(e.kind, f"{f}:{n}: {e}")
                 continue
-            sample = Sample(np.asarray(ids, dtype=np.int64), np.asarray(trained, dtype=bool))
-            (val if val_every and report.kept % val_every == 0 else train).append(sample)
             report.kept += 1
+            yield item
+
+
+def load_samples(paths: list[str | Path], tok: Tokenizer, seq_len: int, on_bad: str = "error",
+                 val_every: int = 0) -> tuple[list[Sample], list[Sample], LoadReport]:
+    """Read, validate and tokenise every record -> (train samples, val samples, report). With `val_every`
+    = N > 0, every N-th kept conversation goes to validation (held out from training)."""
+    def parse(rec) -> Sample:
+        messages = to_messages(rec)
+        validate(messages)
+        ids, trained = tokenize_conversation(tok, messages)
+        if len(ids) - 1 > seq_len:
+            raise BadRecord("too long", f"{len(ids)} tokens, a row holds {seq_len + 1}")
+        return Sample(np.asarray(ids, dtype=np.int64), np.asarray(trained, dtype=bool))
+
+    report = LoadReport()
+    train, val = [], []
+    for i, sample in enumerate(read_records(paths, on_bad, report, parse)):
+        (val if val_every and i % val_every == 0 else train).append(sample)
     if not train:
-        raise ChatforgeError(f"no usable training conversations in {[str(f) for f in files]} "
+        raise ChatforgeError(f"no usable training conversations in {[str(p) for p in paths]} "
                              f"({report.to_dict()['skipped']} skipped)")
     return train, val, report
 
