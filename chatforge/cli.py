@@ -221,6 +221,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=256)
     p.add_argument("--seed", type=int, default=None)
 
+    p = sub.add_parser("serve", help="OpenAI-compatible API + web chat page + feedback store")
+    _add_run(p)
+    p.add_argument("--stage", default="sft", help="model stage to serve (default sft)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on the API")
+    p.add_argument("--device", default="cpu", help="cpu | cuda (bf16 and CUDA-graph decode on cuda)")
+    p.add_argument("--max-batch", type=int, default=16, help="rows decoded together (continuous batching)")
+    p.add_argument("--max-queue", type=int, default=64, help="sequences that may wait for a row; more -> 429")
+    p.add_argument("--max-tokens-limit", type=int, default=4096, help="largest max_tokens a request may ask")
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20)
+    p.add_argument("--model-name", default=None, help="the model id clients see (default chatforge-RUN-STAGE)")
+    p.add_argument("--db", default=None, help="feedback store SQLAlchemy URL (default sqlite in RUN/feedback/)")
+    p.add_argument("--no-feedback", action="store_true", help="no feedback store (API only)")
+
+    p = sub.add_parser("feedback", help="the data flywheel: export user feedback as SFT and RM training data")
+    p.add_argument("action", choices=["export", "stats"])
+    _add_run(p)
+    p.add_argument("--db", default=None, help="feedback store URL (default sqlite in RUN/feedback/)")
+    p.add_argument("--out", default=None, help="output folder (default RUN/feedback/export)")
+
     p = sub.add_parser("export", help="export a model stage as a Hugging Face folder")
     _add_run(p)
     p.add_argument("--stage", default="base")
@@ -264,6 +285,23 @@ def _cmd_sample(args) -> None:
             print()
             return
         print(prompt + continue_text(engine, prompt, **kw))
+
+
+def _cmd_serve(args) -> None:
+    import uvicorn
+
+    from chatforge.serve.app import ServeOptions, build_server
+
+    opts = ServeOptions(api_key=args.api_key, max_queue=args.max_queue, max_tokens_limit=args.max_tokens_limit,
+                        max_body_bytes=args.max_body_bytes)
+    if args.model_name:
+        opts.model_name = args.model_name
+    server = build_server(args.run, args.stage, args.device, args.db, args.max_batch, opts,
+                          feedback=not args.no_feedback)
+    where = f"http://{args.host}:{args.port}"
+    print(f"serving {opts.model_name} ({args.stage} of {args.run}) on {where}  — chat page: {where}/  "
+          f"API: {where}/v1  (Ctrl-C stops)", flush=True)
+    uvicorn.run(server.app, host=args.host, port=args.port, log_level="warning")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -392,6 +430,21 @@ def main(argv: list[str] | None = None) -> int:
             params.validate()
             session = ChatSession(Engine(load_model(folder), Tokenizer.load(folder)), args.system, params)
             run_terminal_chat(session)
+        elif args.command == "serve":
+            _cmd_serve(args)
+        elif args.command == "feedback":
+            from chatforge.run import require_run
+            from chatforge.serve.flywheel import export_feedback
+            from chatforge.serve.store import FeedbackStore, default_db_url
+
+            if args.action == "stats":
+                print(json.dumps(FeedbackStore(args.db or default_db_url(require_run(args.run))).counts(), indent=2))
+            else:
+                stats = export_feedback(require_run(args.run), args.db, args.out)
+                print(f"feedback: {stats['turns']} turns, {stats['answers']} answers -> {stats['sft_records']} "
+                      f"demonstrations ({stats['sft_corrections']} corrections, {stats['sft_upvoted']} upvoted) and "
+                      f"{stats['rm_records']} ranking records ({stats['rank_user_rankings']} rankings, "
+                      f"{stats['rank_corrections']} corrections, {stats['rank_ratings']} from ratings) in {stats['out']}")
         elif args.command == "export":
             from chatforge.hf import export_hf
             from chatforge.run import model_dir, require_run

@@ -46,11 +46,12 @@ class SamplingParams:
     stop_token_ids: list[int] = field(default_factory=list)
     logprobs: int | None = None  # None = off; N >= 0 = chosen token's logprob + top-N alternatives
     prompt_logprobs: bool = False
+    ignore_eos: bool = False  # only the request's own stops end it (benchmarks: fixed-length answers)
 
     def validate(self) -> None:
         problems = []
-        if self.max_tokens < 1:
-            problems.append(f"max_tokens={self.max_tokens} (must be >= 1)")
+        if self.max_tokens < 0:  # 0: score the prompt only (prompt_logprobs), generate nothing
+            problems.append(f"max_tokens={self.max_tokens} (must be >= 0)")
         if self.temperature < 0:
             problems.append(f"temperature={self.temperature} (must be >= 0)")
         if not 0 < self.top_p <= 1:
@@ -76,6 +77,8 @@ class Completion:
     logprobs: list[float] = field(default_factory=list)
     top_logprobs: list[dict[int, float]] = field(default_factory=list)
     prompt_logprobs: list[float | None] = field(default_factory=list)  # None for the first prompt token
+    prompt_top_logprobs: list[dict[int, float] | None] = field(default_factory=list)  # with logprobs=N > 0
+    stop_token_id: int | None = None  # the eos / <|end|> / stop token that ended it (not in token_ids or text)
 
 
 @dataclass
@@ -154,66 +157,33 @@ class Engine:
                 done[ev.index] = ev.completion
         return [done[i] for i in range(len(prompts))]
 
-    @torch.inference_mode()  # lighter than no_grad: no version counters or view tracking per op
     def stream(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]) -> Iterator[StreamEvent]:
         plist = params if isinstance(params, list) else [params] * len(prompts)
         if len(plist) != len(prompts):
             raise ChatforgeError(f"{len(prompts)} prompts but {len(plist)} sampling parameter sets")
-        ctx = self.model.cfg.max_seq_len
+        batch = self.batch(max(1, min(self.max_batch, len(prompts))))
         for i, (p, sp) in enumerate(zip(prompts, plist)):
-            sp.validate()
-            if not p:
-                raise ChatforgeError(f"prompt {i} is empty")
-            if len(p) >= ctx:
-                raise ChatforgeError(f"prompt {i} has {len(p)} tokens; the model's context is {ctx}, so at most "
-                                     f"{ctx - 1} prompt tokens leave room for an answer")
-            if max(p) >= self.vocab or min(p) < 0:
-                raise ChatforgeError(f"prompt {i} has a token id outside the vocabulary (0..{self.vocab - 1})")
-        n_rows = max(1, min(self.max_batch, len(prompts)))
-        static = self.decode_mode != "dynamic"
-        if self.decode_mode == "graph":  # the recorded graph reads and writes this very cache: keep it
-            cache = self._graph_for(n_rows)[0]
-            cache.reset()
-        else:
-            cache = KVCache(self.model.cfg, n_rows, device=self.device, dtype=self.dtype, static=static)
-        waiting = list(range(len(prompts)))
-        free = list(range(n_rows))
-        active: dict[int, _Row] = {}  # cache row -> request state
-        while waiting or active:
-            admitted = []
-            while waiting and free:  # continuous batching: new requests take free rows as soon as they exist
-                admitted.append((free.pop(0), waiting.pop(0)))
-            if admitted:
-                active.update(self._prefill(cache, [(s, i, prompts[i], plist[i]) for s, i in admitted]))
-            finished = []
-            events = []
-            greedy = self._batched_greedy(active)
-            for slot, row in active.items():
-                tok_id = greedy[slot] if slot in greedy else self._sample(row)
-                ev = self._append(row, tok_id, ctx)
-                events.append(ev)
-                if ev.finished:
-                    finished.append(slot)
-            yield from events
-            for slot in finished:
-                del active[slot]
-                free.append(slot)
-            if not active:
-                continue
-            slots = sorted(active)
-            if static:  # every row steps; free rows are parked at position 0 (overwritten when they are reused)
-                last_ids = [active[s].out.token_ids[-1] if s in active else 0 for s in range(n_rows)]
-                cache.set_lengths(free, [0] * len(free))
-                last = self._static_step(cache, torch.tensor(last_ids, device=self.device)[:, None])
-                for s in slots:
-                    active[s].logits = last[s]
-                continue
-            ids = torch.tensor([[active[s].out.token_ids[-1]] for s in slots], device=self.device)
-            rows = None if slots == list(range(n_rows)) else torch.tensor(slots, device=self.device)
-            logits, _ = self.model(ids, cache=cache, rows=rows)
-            last = logits[:, -1].float()
-            for b, s in enumerate(slots):
-                active[s].logits = last[b]
+            batch.add(i, p, sp)
+        while batch.busy:
+            yield from batch.step()
+
+    def batch(self, n_rows: int | None = None) -> GenerationBatch:
+        """A running batch of `n_rows` cache rows (default `max_batch`) that requests can join at any step:
+        what a server keeps open for its whole life."""
+        return GenerationBatch(self, n_rows or self.max_batch)
+
+    def check_prompt(self, prompt: list[int], params: SamplingParams, what: str = "prompt") -> None:
+        """Raise ChatforgeError if the engine can't answer this request (bad params, empty or too long
+        prompt, ids outside the vocabulary)."""
+        params.validate()
+        ctx = self.model.cfg.max_seq_len
+        if not prompt:
+            raise ChatforgeError(f"{what} is empty")
+        if len(prompt) >= ctx:
+            raise ChatforgeError(f"{what} has {len(prompt)} tokens; the model's context is {ctx}, so at most "
+                                 f"{ctx - 1} prompt tokens leave room for an answer")
+        if max(prompt) >= self.vocab or min(prompt) < 0:
+            raise ChatforgeError(f"{what} has a token id outside the vocabulary (0..{self.vocab - 1})")
 
     def _static_step(self, cache: KVCache, ids: torch.Tensor) -> torch.Tensor:
         """One token for every row, shape-static; replayed from a CUDA graph in graph mode. -> (rows, V) fp32."""
@@ -271,13 +241,17 @@ class Engine:
             if sp.prompt_logprobs:
                 lp = torch.log_softmax(logits[b, :n - 1].float(), -1)
                 comp.prompt_logprobs = [None] + lp.gather(1, ids[b, 1:n, None]).squeeze(1).tolist()
+                if sp.logprobs:
+                    vals, idx = lp.topk(sp.logprobs, dim=-1)
+                    comp.prompt_top_logprobs = [None] + [dict(zip(i, v)) for i, v in zip(idx.tolist(), vals.tolist())]
             gen = torch.Generator(device=self.device)
             gen.manual_seed(sp.seed if sp.seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
             seen = torch.zeros(self.vocab, dtype=torch.bool, device=self.device)
             seen[ids[b, :n]] = True
             out[slot] = _Row(index, sp, comp, gen, torch.zeros(self.vocab, device=self.device), seen,
                              logits[b, n - 1].float(),
-                             stop_ids=frozenset(self.default_stop_ids) | frozenset(sp.stop_token_ids))
+                             stop_ids=frozenset(sp.stop_token_ids) if sp.ignore_eos else
+                             frozenset(self.default_stop_ids) | frozenset(sp.stop_token_ids))
         return out
 
     def _sample(self, row: _Row) -> int:
@@ -312,6 +286,7 @@ class Engine:
                 vals, idx = lp.topk(sp.logprobs)
                 out.top_logprobs.append(dict(zip(idx.tolist(), vals.tolist())))
         if tok_id in row.stop_ids:
+            out.stop_token_id = tok_id
             return self._finish(row, "stop", [])
         out.token_ids.append(tok_id)
         if not row.simple_greedy:
@@ -339,3 +314,96 @@ class Engine:
         delta = out.text[row.emitted:]
         row.emitted = len(out.text)
         return StreamEvent(row.index, delta, new_ids, finished=True, completion=out)
+
+
+class GenerationBatch:
+    """Rows of one KV cache shared by requests that come and go: `add` queues a request (it is prefilled
+    into a free row at the next step), `step` advances every active row by one token and returns the
+    events, `cancel` drops a request at once and frees its row. Not thread-safe: one thread drives it."""
+
+    def __init__(self, engine: Engine, n_rows: int):
+        self.engine, self.n_rows = engine, n_rows
+        self.static = engine.decode_mode != "dynamic"
+        if engine.decode_mode == "graph":  # the recorded graph reads and writes this very cache: keep it
+            self.cache = engine._graph_for(n_rows)[0]
+            self.cache.reset()
+        else:
+            self.cache = KVCache(engine.model.cfg, n_rows, device=engine.device, dtype=engine.dtype,
+                                 static=self.static)
+        self.waiting: list[tuple[int, list[int], SamplingParams]] = []
+        self.free = list(range(n_rows))
+        self.active: dict[int, _Row] = {}  # cache row -> request state
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.waiting or self.active)
+
+    @property
+    def running(self) -> int:
+        return len(self.active)
+
+    def add(self, key: int, prompt: list[int], params: SamplingParams) -> None:
+        self.engine.check_prompt(prompt, params, f"prompt {key}")
+        self.waiting.append((key, list(prompt), params))
+
+    def cancel(self, key: int) -> bool:
+        """Forget request `key` (waiting or running); its row is free for the next request."""
+        before = len(self.waiting)
+        self.waiting = [w for w in self.waiting if w[0] != key]
+        if len(self.waiting) != before:
+            return True
+        for slot, row in list(self.active.items()):
+            if row.index == key:
+                del self.active[slot]
+                self.free.append(slot)
+                return True
+        return False
+
+    @torch.inference_mode()  # lighter than no_grad: no version counters or view tracking per op
+    def step(self) -> list[StreamEvent]:
+        eng, cache, active = self.engine, self.cache, self.active
+        ctx = eng.model.cfg.max_seq_len
+        events: list[StreamEvent] = []
+        admitted = []
+        while self.waiting and self.free:  # continuous batching: new requests take free rows as soon as they exist
+            key, prompt, sp = self.waiting.pop(0)
+            admitted.append((self.free.pop(0), key, prompt, sp))
+        if admitted:
+            for slot, row in eng._prefill(cache, admitted).items():
+                if row.params.max_tokens == 0:  # scoring only (prompt logprobs): done after the prefill
+                    events.append(eng._finish(row, "length", []))
+                    self.free.append(slot)
+                else:
+                    active[slot] = row
+        finished = []
+        greedy = eng._batched_greedy(active)
+        for slot, row in active.items():
+            tok_id = greedy[slot] if slot in greedy else eng._sample(row)
+            ev = eng._append(row, tok_id, ctx)
+            events.append(ev)
+            if ev.finished:
+                finished.append(slot)
+        for slot in finished:
+            del active[slot]
+            self.free.append(slot)
+        if active:
+            self._forward()
+        return events
+
+    def _forward(self) -> None:
+        """Next-token logits for every active row from its last token."""
+        eng, cache, active = self.engine, self.cache, self.active
+        slots = sorted(active)
+        if self.static:  # every row steps; free rows are parked at position 0 (overwritten when they are reused)
+            last_ids = [active[s].out.token_ids[-1] if s in active else 0 for s in range(self.n_rows)]
+            cache.set_lengths(self.free, [0] * len(self.free))
+            last = eng._static_step(cache, torch.tensor(last_ids, device=eng.device)[:, None])
+            for s in slots:
+                active[s].logits = last[s]
+            return
+        ids = torch.tensor([[active[s].out.token_ids[-1]] for s in slots], device=eng.device)
+        rows = None if slots == list(range(self.n_rows)) else torch.tensor(slots, device=eng.device)
+        logits, _ = eng.model(ids, cache=cache, rows=rows)
+        last = logits[:, -1].float()
+        for b, s in enumerate(slots):
+            active[s].logits = last[b]

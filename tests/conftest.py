@@ -76,3 +76,19 @@ def read_metrics(stage_dir: Path) -> tuple[dict[int, float], dict[int, float]]:
         if "val/loss" in rec:
             val[rec["step"]] = rec["val/loss"]
     return train, val
+
+
+@pytest.fixture(scope="session")
+def base_run(prepared_run_template, tmp_path_factory) -> Path:
+    """The prepared run with a 20-step base model (llama style, context 128): enough to serve and score."""
+    from chatforge.config import TrainConfig
+    from chatforge.model import ModelConfig
+    from chatforge.train.pretrain import run_pretrain
+
+    run = tmp_path_factory.mktemp("base") / "run"
+    shutil.copytree(prepared_run_template, run)
+    cfg = ModelConfig.preset_style("llama", vocab_size=1024, n_layer=2, d_model=64, n_head=4, n_kv_head=2,
+                                   max_seq_len=128)
+    run_pretrain(run, cfg, TrainConfig(max_steps=20, batch_size=8, seq_len=64, lr=3e-3, warmup_steps=5,
+                                       eval_every=20, eval_batches=1, save_every=20, log_every=10))
+    return run

@@ -1,0 +1,554 @@
+"""The HTTP server: OpenAI-compatible API, the web chat page at `/`, the feedback API, health and metrics.
+
+    chatforge serve --run runs/demo --stage sft [--host 127.0.0.1 --port 8000] [--api-key KEY]
+
+Endpoints: GET /v1/models; POST /v1/chat/completions; POST /v1/completions; POST /tokenize, /detokenize;
+GET /tokenizer_info, /health, /metrics (Prometheus text); the feedback API under /feedback (see
+`feedback_routes`). Errors are OpenAI's `{"error": {"message", "type", "param", "code"}}`: 400 bad input,
+401 bad or missing key (with --api-key), 404 unknown id, 413 body too large, 429 queue full, 503 engine
+down; 500 only for real faults. Generation goes through one `Scheduler` (continuous batching).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from chatforge import ChatforgeError
+from chatforge.engine import Completion, Engine, SamplingParams
+from chatforge.serve.protocol import (
+    ApiError,
+    ChatRequest,
+    CompletionRequest,
+    TokenText,
+    chat_logprobs,
+    chat_messages,
+    completion_logprobs,
+    completion_prompts,
+    new_id,
+    now,
+    usage,
+)
+from chatforge.serve.scheduler import QueueFull, Scheduler, SchedulerStopped, Ticket
+from chatforge.serve.store import FeedbackStore, NotFound
+
+STATIC = Path(__file__).parent / "static"
+
+
+@dataclass
+class ServeOptions:
+    model_name: str = "chatforge"
+    api_key: str | None = None
+    max_queue: int = 64  # sequences waiting beyond the engine's running rows; more -> 429
+    max_tokens_limit: int = 4096  # largest max_tokens a request may ask for
+    max_body_bytes: int = 1 << 20
+    default_max_tokens: int | None = None  # chat without max_tokens: the rest of the context, capped here
+
+
+class BodyLimit:
+    """ASGI middleware: refuse request bodies over `limit` bytes (413) before they are read into memory."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await _send_json(send, ApiError(413, f"request body over {self.limit} bytes", code="body_too_large"))
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.limit:
+                    raise ApiError(413, f"request body over {self.limit} bytes", code="body_too_large")
+            return msg
+
+        return await self.app(scope, limited, send)
+
+
+async def _send_json(send, err: ApiError):
+    body = json.dumps(err.body()).encode()
+    await send({"type": "http.response.start", "status": err.status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _error_response(err: ApiError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
+    return JSONResponse(err.body(), status_code=err.status, headers=headers)
+
+
+OPEN_PATHS = ("/", "/health", "/metrics", "/static")
+
+
+class Server:
+    """Holds the engine, scheduler, store and options; `app` is the FastAPI application."""
+
+    def __init__(self, engine: Engine, store: FeedbackStore | None, opts: ServeOptions):
+        self.engine, self.store, self.opts = engine, store, opts
+        self.tok = engine.tok
+        self.ctx = engine.model.cfg.max_seq_len
+        self.tt = TokenText(self.tok, engine.vocab)
+        self.scheduler = Scheduler(engine, max_queue=opts.max_queue)
+        self.started = time.time()
+        self.errors: dict[int, int] = {}
+        self.ttft: list[float] = []
+        self.app = self._build()
+
+    # -- app ------------------------------------------------------------------------------------------------
+    def _build(self) -> FastAPI:
+        @contextlib.asynccontextmanager
+        async def lifespan(_app):
+            self.scheduler.start()
+            yield
+            self.scheduler.stop()
+
+        app = FastAPI(title="chatforge", docs_url="/docs", redoc_url=None, lifespan=lifespan)
+
+        @app.middleware("http")
+        async def auth_and_count(request: Request, call_next):
+            path = request.url.path
+            if self.opts.api_key and not (path == "/" or any(path.startswith(p) for p in OPEN_PATHS[1:])):
+                given = request.headers.get("authorization", "")
+                if given != f"Bearer {self.opts.api_key}":
+                    err = ApiError(401, "missing or wrong API key (send 'Authorization: Bearer <key>')",
+                                   code="invalid_api_key")
+                    self._count(401)
+                    return _error_response(err)
+            try:
+                response = await call_next(request)
+            except ApiError as e:  # raised by the body limit while the handler read the body
+                response = _error_response(e)
+            self._count(response.status_code)
+            return response
+
+        @app.exception_handler(ApiError)
+        async def _api_error(_req, e: ApiError):
+            return _error_response(e)
+
+        @app.exception_handler(RequestValidationError)
+        async def _validation(_req, e: RequestValidationError):
+            first = e.errors()[0] if e.errors() else {}
+            loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+            if first.get("type") == "json_invalid":
+                return _error_response(ApiError(400, "the request body is not valid JSON", code="invalid_json"))
+            msg = f"{'.'.join(loc) or 'body'}: {first.get('msg', 'invalid value')}"
+            return _error_response(ApiError(400, msg, ".".join(loc) or None, code="invalid_value"))
+
+        @app.exception_handler(StarletteHTTPException)
+        async def _http(_req, e: StarletteHTTPException):
+            return _error_response(ApiError(e.status_code, str(e.detail), code=None,
+                                            type_="invalid_request_error" if e.status_code < 500 else None))
+
+        @app.exception_handler(Exception)
+        async def _fault(_req, e: Exception):
+            return _error_response(ApiError(500, f"internal error: {type(e).__name__}: {e}"))
+
+        app.add_middleware(BodyLimit, limit=self.opts.max_body_bytes)
+
+        @app.get("/", include_in_schema=False)
+        async def index():
+            return FileResponse(STATIC / "index.html", media_type="text/html; charset=utf-8")
+
+        @app.get("/static/{name}", include_in_schema=False)
+        async def static(name: str):
+            f = STATIC / name
+            if "/" in name or not f.is_file():
+                raise ApiError(404, f"no file {name}")
+            return FileResponse(f)
+
+        @app.get("/health")
+        async def health():
+            ok = self.scheduler.fault is None
+            return JSONResponse({"status": "ok" if ok else "error", "model": self.opts.model_name},
+                                status_code=200 if ok else 503)
+
+        @app.get("/metrics")
+        async def metrics():
+            return PlainTextResponse(self._metrics(), media_type="text/plain; version=0.0.4")
+
+        @app.get("/v1/models")
+        async def models():
+            return {"object": "list", "data": [self._model_card()]}
+
+        @app.get("/v1/models/{name}")
+        async def model(name: str):
+            if name != self.opts.model_name:
+                raise ApiError(404, f"no model {name!r}; this server serves {self.opts.model_name!r}",
+                               "model", "model_not_found")
+            return self._model_card()
+
+        @app.get("/tokenizer_info")
+        async def tokenizer_info():
+            t = self.tok
+            return {"model": self.opts.model_name, "vocab_size": t.vocab_size, "model_vocab_size": self.engine.vocab,
+                    "max_model_len": self.ctx, "bos_token_id": t.bos_id, "eos_token_id": t.eos_id,
+                    "pad_token_id": t.pad_id, "end_token_id": t.end_id,
+                    "role_token_ids": dict(t.role_ids), "chat_template": "chatforge"}
+
+        @app.post("/tokenize")
+        async def tokenize(request: Request):
+            body = await _json_body(request)
+            if "messages" in body:
+                msgs = chat_messages(self.tok, _list(body, "messages"))
+                ids = self._encode_chat(msgs, body.get("add_generation_prompt", True))
+            elif isinstance(body.get("prompt"), str):
+                ids = self.tok.encode(body["prompt"])
+            else:
+                raise ApiError(400, "give 'prompt' (a string) or 'messages'", "prompt")
+            return {"tokens": ids, "count": len(ids), "max_model_len": self.ctx}
+
+        @app.post("/detokenize")
+        async def detokenize(request: Request):
+            body = await _json_body(request)
+            ids = body.get("tokens")
+            if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+                raise ApiError(400, "'tokens' must be a list of token ids", "tokens")
+            if any(i < 0 or i >= self.engine.vocab for i in ids):
+                raise ApiError(400, f"token ids must be in 0..{self.engine.vocab - 1}", "tokens")
+            return {"prompt": self.tok.decode(ids, skip_special=False)}
+
+        @app.post("/v1/chat/completions")
+        async def chat_completions(req: ChatRequest, request: Request):
+            return await self._chat(req, request)
+
+        @app.post("/v1/completions")
+        async def completions(req: CompletionRequest, request: Request):
+            return await self._complete(req, request)
+
+        if self.store is not None:
+            from chatforge.serve.feedback_api import feedback_routes
+
+            app.include_router(feedback_routes(self))
+        return app
+
+    def _count(self, status: int) -> None:
+        if status >= 400:
+            self.errors[status] = self.errors.get(status, 0) + 1
+
+    def _model_card(self) -> dict:
+        return {"id": self.opts.model_name, "object": "model", "created": int(self.started), "owned_by": "chatforge",
+                "max_model_len": self.ctx}
+
+    def _metrics(self) -> str:
+        s = self.scheduler
+        lines = [
+            "# HELP chatforge_requests_running Sequences in the running batch.",
+            "# TYPE chatforge_requests_running gauge", f"chatforge_requests_running {s.running}",
+            "# HELP chatforge_requests_waiting Sequences queued for a free row.",
+            "# TYPE chatforge_requests_waiting gauge", f"chatforge_requests_waiting {s.waiting}",
+            "# HELP chatforge_generation_tokens_per_second Generated tokens per second over the last 10 s.",
+            "# TYPE chatforge_generation_tokens_per_second gauge",
+            f"chatforge_generation_tokens_per_second {s.tokens_per_second():.3f}",
+            "# TYPE chatforge_generation_tokens_total counter", f"chatforge_generation_tokens_total {s.generated_tokens}",
+            "# TYPE chatforge_prompt_tokens_total counter", f"chatforge_prompt_tokens_total {s.prompt_tokens}",
+            "# TYPE chatforge_sequences_finished_total counter", f"chatforge_sequences_finished_total {s.finished_requests}",
+            "# TYPE chatforge_sequences_cancelled_total counter",
+            f"chatforge_sequences_cancelled_total {s.cancelled_requests}",
+            "# TYPE chatforge_http_errors_total counter",
+        ]
+        lines += [f'chatforge_http_errors_total{{status="{k}"}} {v}' for k, v in sorted(self.errors.items())]
+        if self.ttft:
+            recent = sorted(self.ttft[-1000:])
+            lines += ["# HELP chatforge_time_to_first_token_seconds Over the last 1000 requests.",
+                      "# TYPE chatforge_time_to_first_token_seconds summary"]
+            for q in (0.5, 0.9, 0.99):
+                lines.append(f'chatforge_time_to_first_token_seconds{{quantile="{q}"}} '
+                             f'{recent[min(len(recent) - 1, int(q * len(recent)))]:.6f}')
+        return "\n".join(lines) + "\n"
+
+    # -- helpers --------------------------------------------------------------------------------------------
+    def _encode_chat(self, msgs: list[dict], add_generation_prompt: bool = True) -> list[int]:
+        try:
+            return self.tok.encode_chat(msgs, add_generation_prompt=add_generation_prompt)
+        except ChatforgeError as e:
+            raise ApiError(400, f"chat template: {e}", "messages", "template_error") from None
+
+    def _max_tokens(self, asked: int | None, prompt_len: int, param: str) -> int:
+        if asked is not None and asked > self.opts.max_tokens_limit:
+            raise ApiError(400, f"{param}={asked} is over this server's limit of {self.opts.max_tokens_limit}",
+                           param, "max_tokens_too_large")
+        if asked is not None:
+            return asked  # generation still ends at the context ("length")
+        room = self.ctx - prompt_len
+        return max(1, min(room, self.opts.default_max_tokens or self.opts.max_tokens_limit))
+
+    def _check_prompt(self, ids: list[int], param: str) -> None:
+        if not ids:
+            raise ApiError(400, "the prompt is empty", param)
+        if len(ids) >= self.ctx:
+            raise ApiError(400, f"the prompt has {len(ids)} tokens; this model's context is {self.ctx} tokens "
+                                f"(at most {self.ctx - 1} prompt tokens)", param, "context_length_exceeded")
+        if min(ids) < 0 or max(ids) >= self.engine.vocab:
+            raise ApiError(400, f"token ids must be in 0..{self.engine.vocab - 1}", param)
+
+    def _submit(self, prompts: list[list[int]], params: list[SamplingParams]) -> Ticket:
+        try:
+            return self.scheduler.submit(prompts, params, asyncio.get_running_loop())
+        except QueueFull as e:
+            raise ApiError(429, str(e), code="queue_full") from None
+        except SchedulerStopped as e:
+            raise ApiError(503, str(e), code="engine_unavailable") from None
+        except ChatforgeError as e:
+            raise ApiError(400, str(e)) from None
+
+    async def _collect(self, ticket: Ticket, request: Request) -> list[Completion]:
+        """Wait for every sequence of `ticket`; if the client disconnects first, cancel it."""
+        done: dict[int, Completion] = {}
+
+        async def consume():
+            async for ev in ticket.events():
+                if ev.finished:
+                    done[ev.index] = ev.completion
+
+        task = asyncio.create_task(consume())
+        try:
+            while not task.done():
+                await asyncio.wait({task}, timeout=0.5)
+                if not task.done() and await request.is_disconnected():
+                    task.cancel()
+                    self.scheduler.cancel(ticket)
+                    raise ApiError(499, "client disconnected")
+            exc = task.exception()
+            if exc is not None:
+                raise ApiError(500, str(exc), code="generation_failed")
+        finally:
+            if not task.done():
+                task.cancel()
+                self.scheduler.cancel(ticket)
+        self._record_ttft(ticket)
+        return [done[i] for i in range(len(ticket.keys))]
+
+    def _record_ttft(self, ticket: Ticket) -> None:
+        if ticket.first_token is not None:
+            self.ttft.append(ticket.first_token - ticket.submitted)
+            if len(self.ttft) > 5000:
+                del self.ttft[:-1000]
+
+    def _stream(self, ticket: Ticket, make_chunks, finish) -> StreamingResponse:
+        """SSE response over the ticket's events; `make_chunks(ev)` -> chunk dicts; `finish()` -> last chunks.
+        A client that goes away cancels its sequences (the generator is closed)."""
+        async def gen():
+            completed = False
+            try:
+                async for ev in ticket.events():
+                    for chunk in make_chunks(ev):
+                        yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+                for chunk in finish():
+                    yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+                yield "data: [DONE]\n\n"
+                completed = True
+            except RuntimeError as e:  # engine fault mid-stream: tell the client in the stream
+                err = ApiError(500, str(e), code="generation_failed")
+                yield f"data: {json.dumps(err.body())}\n\n"
+                completed = True
+            finally:
+                self._record_ttft(ticket)
+                if not completed:
+                    self.scheduler.cancel(ticket)
+
+        return StreamingResponse(gen(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    # -- chat -----------------------------------------------------------------------------------------------
+    async def _chat(self, req: ChatRequest, request: Request):
+        msgs = chat_messages(self.tok, req.messages)
+        prompt = self._encode_chat(msgs)
+        self._check_prompt(prompt, "messages")
+        n_top = req.logprob_count()
+        max_tokens = self._max_tokens(req.requested_max_tokens(), len(prompt),
+                                      "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens")
+        params = [req.sampling(max_tokens, n_top, j) for j in range(req.n)]
+        for sp in params:
+            _validate(sp)
+        turn_id = (req.metadata or {}).get("turn_id") if req.store else None
+        if turn_id is not None and self.store is None:
+            raise ApiError(400, "store: this server has no feedback store", "store")
+        ticket = self._submit([prompt] * req.n, params)
+        cid, created, model = new_id("chatcmpl"), now(), self.opts.model_name
+        record = (lambda comps: self._store_answers(turn_id, msgs, params[0], comps)) if turn_id else None
+        if not req.stream:
+            comps = await self._collect(ticket, request)
+            answer_ids = record(comps) if record else [None] * len(comps)
+            choices = []
+            for j, c in enumerate(comps):
+                choice = {"index": j, "message": {"role": "assistant", "content": c.text},
+                          "logprobs": chat_logprobs(self.tt, c, 0, len(c.token_ids), n_top) if n_top is not None else None,
+                          "finish_reason": c.finish_reason}
+                if answer_ids[j]:
+                    choice["answer_id"] = answer_ids[j]
+                choices.append(choice)
+            out_tokens = sum(len(c.token_ids) for c in comps)
+            return {"id": cid, "object": "chat.completion", "created": created, "model": model,
+                    "system_fingerprint": None, "choices": choices, "usage": usage(len(prompt), out_tokens)}
+
+        base = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                "system_fingerprint": None}
+        with_usage = req.include_usage
+        started: set[int] = set()
+        comps: dict[int, Completion] = {}
+
+        def chunk(choices: list[dict]) -> dict:
+            c = dict(base, choices=choices)
+            if with_usage:
+                c["usage"] = None
+            return c
+
+        def make_chunks(ev):
+            out = []
+            j = ev.index
+            if j not in started:
+                started.add(j)
+                out.append(chunk([{"index": j, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                                   "finish_reason": None}]))
+            if ev.delta:
+                out.append(chunk([{"index": j, "delta": {"content": ev.delta}, "logprobs": None, "finish_reason": None}]))
+            if ev.finished:
+                c = comps[j] = ev.completion
+                final = {"index": j, "delta": {}, "logprobs": None, "finish_reason": c.finish_reason}
+                if n_top is not None:  # every token's logprobs arrive with the choice's last chunk
+                    final["logprobs"] = chat_logprobs(self.tt, c, 0, len(c.token_ids), n_top)
+                if record:
+                    final["answer_id"] = record([c])[0]
+                out.append(chunk([final]))
+            return out
+
+        def finish():
+            if not with_usage:
+                return []
+            done = sum(len(c.token_ids) for c in comps.values())
+            return [dict(base, choices=[], usage=usage(len(prompt) * req.n, done))]
+
+        return self._stream(ticket, make_chunks, finish)
+
+    def _store_answers(self, turn_id: str, msgs: list[dict], sp: SamplingParams, comps: list[Completion]) -> list[str]:
+        settings = {k: v for k, v in asdict(sp).items() if k in ("temperature", "top_p", "top_k", "max_tokens",
+                                                                  "presence_penalty", "frequency_penalty",
+                                                                  "repetition_penalty", "seed", "stop")}
+        try:
+            return [self.store.add_answer(turn_id, c.text, "model", self.opts.model_name, settings,
+                                          c.finish_reason, msgs) for c in comps]
+        except NotFound as e:
+            raise ApiError(404, str(e), "metadata.turn_id") from None
+
+    # -- completions ----------------------------------------------------------------------------------------
+    async def _complete(self, req: CompletionRequest, request: Request):
+        if req.suffix:
+            raise ApiError(400, "suffix is not supported", "suffix")
+        prompts = completion_prompts(self.tok, req.prompt)
+        for p in prompts:
+            self._check_prompt(p, "prompt")
+        self._max_tokens(req.max_tokens, 0, "max_tokens")
+        n_top = req.logprobs
+        seqs, params = [], []
+        for p in prompts:
+            for j in range(req.n):
+                sp = req.sampling(req.max_tokens, n_top, j)
+                sp.prompt_logprobs = bool(req.echo and n_top is not None)
+                _validate(sp)
+                seqs.append(p)
+                params.append(sp)
+        ticket = self._submit(seqs, params)
+        cid, created, model = new_id("cmpl"), now(), self.opts.model_name
+        prompt_tokens = sum(len(p) for p in prompts)
+
+        def text_of(c: Completion) -> str:
+            return (self.tok.decode(c.prompt_ids, skip_special=False) if req.echo else "") + c.text
+
+        if not req.stream:
+            comps = await self._collect(ticket, request)
+            choices = [{"index": i, "text": text_of(c), "finish_reason": c.finish_reason,
+                        "logprobs": completion_logprobs(self.tt, c, req.echo, n_top) if n_top is not None else None}
+                       for i, c in enumerate(comps)]
+            return {"id": cid, "object": "text_completion", "created": created, "model": model,
+                    "system_fingerprint": None, "choices": choices,
+                    "usage": usage(prompt_tokens * req.n, sum(len(c.token_ids) for c in comps))}
+
+        echoed: set[int] = set()
+        total = [0]
+
+        def make_chunks(ev):
+            out = []
+            text = ev.delta
+            if req.echo and ev.index not in echoed:
+                echoed.add(ev.index)
+                text = self.tok.decode(seqs[ev.index], skip_special=False) + text
+            total[0] += len(ev.token_ids)
+            if text or ev.finished:
+                lp = None
+                if ev.finished and n_top is not None:
+                    lp = completion_logprobs(self.tt, ev.completion, req.echo, n_top)
+                out.append({"id": cid, "object": "text_completion", "created": created, "model": model,
+                            "choices": [{"index": ev.index, "text": text, "logprobs": lp,
+                                         "finish_reason": ev.completion.finish_reason if ev.finished else None}]})
+            return out
+
+        def finish():
+            if not req.include_usage:
+                return []
+            return [{"id": cid, "object": "text_completion", "created": created, "model": model, "choices": [],
+                     "usage": usage(prompt_tokens * req.n, total[0])}]
+
+        return self._stream(ticket, make_chunks, finish)
+
+
+def _validate(sp: SamplingParams) -> None:
+    try:
+        sp.validate()
+    except ChatforgeError as e:
+        raise ApiError(400, str(e)) from None
+
+
+def _list(body: dict, key: str) -> list:
+    v = body.get(key)
+    if not isinstance(v, list):
+        raise ApiError(400, f"'{key}' must be a list", key)
+    return v
+
+
+async def _json_body(request: Request) -> dict:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ApiError(400, "the request body is not valid JSON", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    return body
+
+
+def build_server(run: str | Path, stage: str = "sft", device: str = "cpu", db: str | None = None,
+                 max_batch: int = 16, opts: ServeOptions | None = None, feedback: bool = True) -> Server:
+    """Load a run's model stage into an engine and wrap it in a Server (feedback store in the run by default)."""
+    import torch
+
+    from chatforge.model import load_model
+    from chatforge.run import model_dir, require_run
+    from chatforge.serve.store import default_db_url
+    from chatforge.tokenizer import Tokenizer
+
+    run = require_run(run)
+    folder = model_dir(run, stage)
+    model = load_model(folder, device)
+    if device.startswith("cuda"):
+        model = model.to(torch.bfloat16)
+    engine = Engine(model, Tokenizer.load(folder), max_batch=max_batch)
+    opts = opts or ServeOptions()
+    if opts.model_name == "chatforge":
+        opts.model_name = f"chatforge-{Path(run).name}-{stage}"
+    store = FeedbackStore(db or default_db_url(run)) if feedback else None
+    return Server(engine, store, opts)
+
