@@ -143,6 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sft_flags(p, data=False)
     p.add_argument("--init-from", default=None, metavar="HF_DIR",
                    help="start from a local HF checkpoint (its tokenizer and weights) instead of from scratch")
+    p.add_argument("--with-feedback", action="store_true",
+                   help="the flywheel: export the run's feedback store and retrain rm -> ppo (and dpo) with it")
+    p.add_argument("--feedback-stages", default="rm,ppo", help="rm,ppo (default) or sft,rm,ppo")
+    p.add_argument("--feedback-weight", type=int, default=5, help="each feedback record counts this many times")
+    p.add_argument("--feedback-db", default=None, help="feedback store URL (default sqlite in RUN/feedback/)")
 
     p = sub.add_parser("world", help="generate the built-in bilingual world")
     _add_run(p)
@@ -308,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "pipeline":
-            from chatforge.pipeline import run_pipeline
+            from chatforge.pipeline import FeedbackMix, run_pipeline
 
             name, preset, model_over = _resolve_preset(args)
             from chatforge.config import apply_overrides, parse_set_args
@@ -317,7 +322,9 @@ def main(argv: list[str] | None = None) -> int:
             ppo = apply_overrides(PPOConfig(), parse_set_args(args.set)["ppo"], "ppo")
             run_pipeline(args.run, name, preset, until=args.until, force=args.force, data=args.data,
                          model_overrides=model_over, seed=args.world_seed, init_from=args.init_from,
-                         sft=_sft_options(args, pipeline=True), ppo=ppo)
+                         sft=_sft_options(args, pipeline=True), ppo=ppo,
+                         feedback=FeedbackMix(tuple(s.strip() for s in args.feedback_stages.split(",") if s.strip()),
+                                              args.feedback_weight, args.feedback_db) if args.with_feedback else None)
             from chatforge.run import stage_dir
 
             base, sft = stage_dir(args.run, "pretrain"), stage_dir(args.run, "sft")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from chatforge import ChatforgeError
@@ -49,14 +50,50 @@ def _brief(stage: str, result) -> str:
     return ""
 
 
+@dataclass
+class FeedbackMix:
+    """`chatforge pipeline --with-feedback`: which stages retrain with the exported feedback, and how many
+    times each feedback record counts (a few hundred user records among thousands of world ones would
+    otherwise barely move the model)."""
+    stages: tuple[str, ...] = ("rm", "ppo")
+    weight: int = 5
+    db: str | None = None
+
+
+def mix_feedback(run: Path, mix: FeedbackMix, sft, rm, dpo) -> str:
+    """Export the feedback store and add it to the stages' data; returns the first stage to retrain."""
+    from chatforge.serve.flywheel import export_feedback
+
+    unknown = set(mix.stages) - {"sft", "rm", "ppo"}
+    if unknown or "rm" not in mix.stages:
+        raise ChatforgeError(f"--feedback-stages {','.join(mix.stages)}: use rm,ppo or sft,rm,ppo")
+    if mix.weight < 1:
+        raise ChatforgeError(f"--feedback-weight {mix.weight}: must be >= 1")
+    stats = export_feedback(run, mix.db)
+    print(f"[flywheel] feedback: {stats['sft_records']} demonstrations, {stats['rm_records']} ranking records "
+          f"(x{mix.weight}) -> {stats['out']}", flush=True)
+    if not stats["rm_records"] and not (stats["sft_records"] and "sft" in mix.stages):
+        raise ChatforgeError("--with-feedback: the feedback store has no rankings or ratings to learn from yet "
+                             "(rate, rank or correct some answers in `chatforge serve` first)")
+    out, world = Path(stats["out"]), stage_dir(run, "world")
+    rm.data = [str(world / "rankings.jsonl")] + [str(out / "rankings.jsonl")] * mix.weight
+    dpo.data = list(rm.data)  # DPO learns from the same rankings
+    if "sft" in mix.stages:
+        sft.data = list(sft.data or [str(world / "sft.jsonl")]) + [str(out / "sft.jsonl")] * mix.weight
+        return "sft"
+    return "rm"
+
+
 def run_pipeline(run: str | Path, preset_name: str, preset: Preset, until: str | None = None,
                  force: bool = False, data: list[str] | None = None, model_overrides: dict | None = None,
-                 seed: int = 0, init_from: str | None = None, sft=None, ppo=None) -> dict:
+                 seed: int = 0, init_from: str | None = None, sft=None, ppo=None,
+                 feedback: FeedbackMix | None = None) -> dict:
     """Run the stages in order. A complete stage is skipped when it was made with the settings asked for
     now; if they differ, stop with the difference (nothing is overwritten) unless `force`. Once a stage
     runs, every later stage is rebuilt from scratch, since its inputs changed. `init_from` (a local HF
     folder): its tokenizer replaces the trained one and pre-training continues from its weights. `sft`:
-    SFTOptions for the instruction-tuning stage (default: the world's demonstrations)."""
+    SFTOptions for the instruction-tuning stage (default: the world's demonstrations). `feedback`: the
+    flywheel: export the feedback store and retrain its stages (rm -> ppo, dpo; optionally sft) with it."""
     from chatforge.data.shards import data_settings, run_data_stage
     from chatforge.eval.suite import run_eval_stage
     from chatforge.init_from import import_into_run, init_settings
@@ -81,6 +118,9 @@ def run_pipeline(run: str | Path, preset_name: str, preset: Preset, until: str |
     ppo = ppo or PPOConfig()
     rm = RMOptions(on_bad=sft.on_bad)  # the world's rankings, from the SFT model
     dpo = DPOOptions(on_bad=sft.on_bad)
+    redo_from = None
+    if feedback is not None:
+        redo_from = mix_feedback(run, feedback, sft, rm, dpo)
     settings = {
         "world": lambda: world_settings(seed, preset.world_size),
         "tokenizer": lambda: init_settings(init_from) if init_from else tokenizer_settings(preset.vocab_size, data),
@@ -109,6 +149,8 @@ def run_pipeline(run: str | Path, preset_name: str, preset: Preset, until: str |
     results: dict = {}
     for i, name in enumerate(STAGES, 1):
         folder, tag = stage_dir(run, name), f"[{i}/{len(STAGES)}] {name}"
+        if name == redo_from:
+            redo = True  # the flywheel: this stage and the ones after it are retrained with the feedback
         recorded = read_stage_info(folder)
         skip = {"world": "not needed (--data given)",
                 "sft": "skipped (--data given and no --sft-data: the world's demonstrations aren't built)",

@@ -120,8 +120,8 @@ function answerControls(m, t, k, a) {
                      () => markBest(k), t.best === a.id);
   }
   if (a.id) {
-    button(c, "👍", "thumbs-up", () => rate(k, a.rating === 1 ? null : 1), a.rating === 1, "up");
-    button(c, "👎", "thumbs-down", () => rate(k, a.rating === -1 ? null : -1), a.rating === -1, "down");
+    button(c, "▲ good", "thumbs-up", () => rate(k, a.rating === 1 ? null : 1), a.rating === 1, "up");
+    button(c, "▼ bad", "thumbs-down", () => rate(k, a.rating === -1 ? null : -1), a.rating === -1, "down");
     button(c, "Edit", "edit", () => { a.editing = true; render(); });
   }
   if (k === state.turns.length - 1) button(c, "Regenerate", "regenerate", () => generate(k));
