@@ -106,10 +106,9 @@ class _Row:
     decoder: codecs.IncrementalDecoder = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
 
     @property
-    def simple_greedy(self) -> bool:
+    def penalised(self) -> bool:
         sp = self.params
-        return (sp.temperature == 0 and sp.logprobs is None and sp.repetition_penalty == 1.0
-                and not sp.presence_penalty and not sp.frequency_penalty)
+        return sp.repetition_penalty != 1.0 or bool(sp.presence_penalty) or bool(sp.frequency_penalty)
 
 
 def _safe_prefix_len(text: str, stops: list[str]) -> int:
@@ -215,14 +214,6 @@ class Engine:
             self._graphs[n_rows] = (cache, graph, ids, logits)
         return self._graphs[n_rows]
 
-    def _batched_greedy(self, active: dict[int, _Row]) -> dict[int, int]:
-        """Argmax for all plain-greedy rows in one op (the common eval / benchmark case)."""
-        slots = [s for s, r in active.items() if r.simple_greedy]
-        if len(slots) < 2:
-            return {}
-        best = torch.stack([active[s].logits for s in slots]).argmax(-1).tolist()
-        return dict(zip(slots, best))
-
     # -- steps ------------------------------------------------------------------------------------------------
     def _prefill(self, cache: KVCache, batch: list[tuple[int, int, list[int], SamplingParams]]) -> dict[int, _Row]:
         """Prefill newly admitted requests together: prompts right-padded into one forward, then each row's
@@ -254,28 +245,59 @@ class Engine:
                              frozenset(self.default_stop_ids) | frozenset(sp.stop_token_ids))
         return out
 
-    def _sample(self, row: _Row) -> int:
-        sp, logits = row.params, row.logits.clone()
-        if sp.logprobs is not None:
-            row.raw_logprobs = torch.log_softmax(row.logits, -1)
+    def _choose(self, active: dict[int, _Row]) -> dict[int, int]:
+        """The next token of every active row, in batched ops: penalties (per row, only where asked), then
+        greedy rows take the argmax and sampling rows go through temperature, top-k, top-p and an
+        inverse-CDF draw with one uniform number from the row's own generator. Each row's result depends only
+        on its logits and its generator, so a seed gives the same text alone or in any batch (tested)."""
+        slots = list(active)
+        rows = [active[s] for s in slots]
+        want_lp = [i for i, r in enumerate(rows) if r.params.logprobs is not None]
+        raw = torch.stack([r.logits for r in rows])  # (B, V) fp32
+        if want_lp:
+            lps = torch.log_softmax(raw[want_lp], -1)
+            for j, i in enumerate(want_lp):
+                rows[i].raw_logprobs = lps[j]
+        logits = torch.stack([self._penalised(r) for r in rows]) if any(r.penalised for r in rows) else raw
+        temps = [r.params.temperature for r in rows]
+        out: dict[int, int] = {}
+        greedy = [i for i, t in enumerate(temps) if t == 0]
+        if greedy:
+            for i, t in zip(greedy, logits[greedy].argmax(-1).tolist()):
+                out[slots[i]] = t
+        sampled = [i for i, t in enumerate(temps) if t > 0]
+        if not sampled:
+            return out
+        dev = logits.device
+        x = logits[sampled] / torch.tensor([temps[i] for i in sampled], device=dev)[:, None]
+        ks = torch.tensor([min(rows[i].params.top_k, x.shape[1]) for i in sampled], device=dev)
+        if bool((ks > 0).any()):
+            top = torch.topk(x, int(ks.max()), dim=-1).values
+            kth = top.gather(1, (ks.clamp(min=1) - 1)[:, None])
+            kth = torch.where(ks[:, None] > 0, kth, torch.full_like(kth, float("-inf")))
+            x = x.masked_fill(x < kth, float("-inf"))
+        ps = [rows[i].params.top_p for i in sampled]
+        if any(p < 1.0 for p in ps):
+            probs_sorted, order = torch.softmax(x, -1).sort(dim=-1, descending=True)
+            limit = torch.tensor([p if p < 1.0 else float("inf") for p in ps], device=dev)[:, None]
+            drop = probs_sorted.cumsum(-1) - probs_sorted >= limit  # keep the smallest prefix reaching top_p
+            x = x.masked_fill(torch.zeros_like(drop).scatter(1, order, drop), float("-inf"))
+        cdf = torch.softmax(x, -1).cumsum(-1)
+        u = torch.stack([torch.rand((), generator=rows[i].generator, device=dev) for i in sampled])
+        picked = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).clamp_(max=x.shape[1] - 1)
+        for i, t in zip(sampled, picked[:, 0].tolist()):
+            out[slots[i]] = t
+        return out
+
+    @staticmethod
+    def _penalised(row: _Row) -> torch.Tensor:
+        sp, logits = row.params, row.logits
         if sp.repetition_penalty != 1.0:
             pen = torch.where(logits > 0, logits / sp.repetition_penalty, logits * sp.repetition_penalty)
             logits = torch.where(row.seen, pen, logits)
         if sp.presence_penalty or sp.frequency_penalty:
             logits = logits - sp.presence_penalty * (row.counts > 0) - sp.frequency_penalty * row.counts
-        if sp.temperature == 0:
-            return int(logits.argmax())
-        logits = logits / sp.temperature
-        if sp.top_k:
-            kth = torch.topk(logits, min(sp.top_k, logits.numel())).values[-1]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        if sp.top_p < 1.0:
-            probs_sorted, order = torch.softmax(logits, -1).sort(descending=True)
-            cum = probs_sorted.cumsum(-1)
-            drop = cum - probs_sorted >= sp.top_p  # keep the smallest prefix whose mass reaches top_p
-            logits = logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
-        probs = torch.softmax(logits, -1)
-        return int(torch.multinomial(probs, 1, generator=row.generator))
+        return logits
 
     def _append(self, row: _Row, tok_id: int, ctx: int) -> StreamEvent:
         sp, out = row.params, row.out
@@ -289,7 +311,7 @@ class Engine:
             out.stop_token_id = tok_id
             return self._finish(row, "stop", [])
         out.token_ids.append(tok_id)
-        if not row.simple_greedy:
+        if row.penalised:  # only penalties read these
             row.counts[tok_id] += 1
             row.seen[tok_id] = True
         before = len(out.text)
@@ -376,10 +398,9 @@ class GenerationBatch:
                 else:
                     active[slot] = row
         finished = []
-        greedy = eng._batched_greedy(active)
+        chosen = eng._choose(active) if active else {}
         for slot, row in active.items():
-            tok_id = greedy[slot] if slot in greedy else eng._sample(row)
-            ev = eng._append(row, tok_id, ctx)
+            ev = eng._append(row, chosen[slot], ctx)
             events.append(ev)
             if ev.finished:
                 finished.append(slot)

@@ -24,7 +24,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Str
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chatforge import ChatforgeError
-from chatforge.engine import Completion, Engine, SamplingParams
+from chatforge.engine import Completion, Engine, SamplingParams, StreamEvent
 from chatforge.serve.protocol import (
     ApiError,
     ChatRequest,
@@ -345,9 +345,11 @@ class Server:
         async def gen():
             completed = False
             try:
-                async for ev in ticket.events():
-                    for chunk in make_chunks(ev):
-                        yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+                async for batch in ticket.batches():
+                    text = "".join(f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+                                   for ev in merge_deltas(batch) for chunk in make_chunks(ev))
+                    if text:
+                        yield text
                 for chunk in finish():
                     yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
                 yield "data: [DONE]\n\n"
@@ -504,6 +506,27 @@ class Server:
                      "usage": usage(prompt_tokens * req.n, total[0])}]
 
         return self._stream(ticket, make_chunks, finish)
+
+
+def merge_deltas(events: list[StreamEvent]) -> list[StreamEvent]:
+    """Consecutive events of one sequence -> one event (their text and tokens joined; finished if the last
+    is). Order across sequences is kept."""
+    out: list[StreamEvent] = []
+    last: dict[int, int] = {}  # sequence -> position in out of its open (unfinished) event
+    for ev in events:
+        k = last.get(ev.index)
+        if k is not None:
+            prev = out[k]
+            out[k] = StreamEvent(ev.index, prev.delta + ev.delta, prev.token_ids + ev.token_ids, ev.finished,
+                                 ev.completion)
+        else:
+            out.append(ev)
+            k = len(out) - 1
+        if out[k].finished:
+            last.pop(ev.index, None)
+        else:
+            last[ev.index] = k
+    return out
 
 
 def _validate(sp: SamplingParams) -> None:
