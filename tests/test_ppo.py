@@ -82,7 +82,8 @@ def test_engine_logprobs_equal_training_forward_logprobs(tok):
     engine = Engine(trainer.policy.eval(), tok)
     outs = engine.generate(prompts, [SamplingParams(max_tokens=10, temperature=1.0, seed=i, logprobs=0)
                                      for i in range(len(prompts))])
-    answers = [o.token_ids for o in outs]
+    # a stop token that ended an answer has its logprob too
+    answers = [o.token_ids + ([o.stop_token_id] if o.stop_token_id is not None else []) for o in outs]
     ro = build_rollouts(prompts, answers, [False] * len(prompts), tok.pad_id, torch.zeros(len(prompts)))
     with torch.no_grad():
         lp = token_logprobs(trainer.policy, ro.x, ro.targets, temperature=1.0)
