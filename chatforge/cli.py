@@ -240,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-name", default=None, help="the model id clients see (default chatforge-RUN-STAGE)")
     p.add_argument("--db", default=None, help="feedback store SQLAlchemy URL (default sqlite in RUN/feedback/)")
     p.add_argument("--no-feedback", action="store_true", help="no feedback store (API only)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads of the engine (default: all cores)")
+    p.add_argument("--engine-in-thread", action="store_true",
+                   help="run the engine in a thread of the server process instead of its own process")
 
     p = sub.add_parser("feedback", help="the data flywheel: export user feedback as SFT and RM training data")
     p.add_argument("action", choices=["export", "stats"])
@@ -302,7 +305,8 @@ def _cmd_serve(args) -> None:
     if args.model_name:
         opts.model_name = args.model_name
     server = build_server(args.run, args.stage, args.device, args.db, args.max_batch, opts,
-                          feedback=not args.no_feedback)
+                          feedback=not args.no_feedback, engine_in_thread=args.engine_in_thread,
+                          threads=args.threads)
     where = f"http://{args.host}:{args.port}"
     print(f"serving {opts.model_name} ({args.stage} of {args.run}) on {where}  — chat page: {where}/  "
           f"API: {where}/v1  (Ctrl-C stops)", flush=True)

@@ -125,6 +125,19 @@ def _safe_prefix_len(text: str, stops: list[str]) -> int:
     return end - hold
 
 
+def check_prompt(prompt: list[int], params: SamplingParams, ctx: int, vocab: int, what: str = "prompt") -> None:
+    """Raise ChatforgeError if a model with context `ctx` and `vocab` ids can't answer this request (bad
+    params, empty or too long prompt, ids outside the vocabulary)."""
+    params.validate()
+    if not prompt:
+        raise ChatforgeError(f"{what} is empty")
+    if len(prompt) >= ctx:
+        raise ChatforgeError(f"{what} has {len(prompt)} tokens; the model's context is {ctx}, so at most "
+                             f"{ctx - 1} prompt tokens leave room for an answer")
+    if max(prompt) >= vocab or min(prompt) < 0:
+        raise ChatforgeError(f"{what} has a token id outside the vocabulary (0..{vocab - 1})")
+
+
 DECODE_MODES = ("dynamic", "static", "graph")
 
 
@@ -172,17 +185,7 @@ class Engine:
         return GenerationBatch(self, n_rows or self.max_batch)
 
     def check_prompt(self, prompt: list[int], params: SamplingParams, what: str = "prompt") -> None:
-        """Raise ChatforgeError if the engine can't answer this request (bad params, empty or too long
-        prompt, ids outside the vocabulary)."""
-        params.validate()
-        ctx = self.model.cfg.max_seq_len
-        if not prompt:
-            raise ChatforgeError(f"{what} is empty")
-        if len(prompt) >= ctx:
-            raise ChatforgeError(f"{what} has {len(prompt)} tokens; the model's context is {ctx}, so at most "
-                                 f"{ctx - 1} prompt tokens leave room for an answer")
-        if max(prompt) >= self.vocab or min(prompt) < 0:
-            raise ChatforgeError(f"{what} has a token id outside the vocabulary (0..{self.vocab - 1})")
+        check_prompt(prompt, params, self.model.cfg.max_seq_len, self.vocab, what)
 
     def _static_step(self, cache: KVCache, ids: torch.Tensor) -> torch.Tensor:
         """One token for every row, shape-static; replayed from a CUDA graph in graph mode. -> (rows, V) fp32."""

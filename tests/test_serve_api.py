@@ -336,3 +336,30 @@ def test_feedback_api_records_answers_ratings_rankings_and_corrections(server):
     assert (["Near Rennu.", answers[b]["content"]], [0, 1]) in recs  # the correction beats what it corrected
     assert httpx.delete(f"{server}/feedback/conversations/{cid}", headers=auth).status_code == 200
     assert httpx.get(f"{server}/feedback/conversations/{cid}", headers=auth).status_code == 404
+
+
+def test_engine_in_thread_matches_the_engine_process_and_survives_a_fault(server, served_run, monkeypatch):
+    """The same server with the engine in a thread (FastAPI's TestClient, no socket) answers exactly like the
+    engine process; a fault inside a decode step is a 500 in OpenAI's shape, and the next request works."""
+    from fastapi.testclient import TestClient
+
+    from chatforge.engine import GenerationBatch
+    from chatforge.serve.app import ServeOptions, build_server
+
+    body = {"messages": MSG, "max_tokens": 12, "seed": 9, "temperature": 0.9}
+    expected = post(server, "/v1/chat/completions", body).json()["choices"][0]["message"]["content"]
+    srv = build_server(served_run, "base", engine_in_thread=True, feedback=False, opts=ServeOptions())
+    with TestClient(srv.app) as c:
+        assert c.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]["content"] == expected
+        real_step, calls = GenerationBatch.step, []
+
+        def broken_step(self):
+            calls.append(1)
+            if len(calls) == 1:
+                raise RuntimeError("simulated device error")
+            return real_step(self)
+
+        monkeypatch.setattr(GenerationBatch, "step", broken_step)
+        _assert_error(c.post("/v1/chat/completions", json=body), 500, code="generation_failed")
+        assert c.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]["content"] == expected
+        assert c.get("/health").json()["status"] == "ok"

@@ -6,7 +6,7 @@ Endpoints: GET /v1/models; POST /v1/chat/completions; POST /v1/completions; POST
 GET /tokenizer_info, /health, /metrics (Prometheus text); the feedback API under /feedback (see
 `feedback_routes`). Errors are OpenAI's `{"error": {"message", "type", "param", "code"}}`: 400 bad input,
 401 bad or missing key (with --api-key), 404 unknown id, 413 body too large, 429 queue full, 503 engine
-down; 500 only for real faults. Generation goes through one `Scheduler` (continuous batching).
+down; 500 only for real faults. Generation goes through one `Scheduler` (continuous batching; the engine in its own process).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Str
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chatforge import ChatforgeError
-from chatforge.engine import Completion, Engine, SamplingParams, StreamEvent
+from chatforge.engine import Completion, SamplingParams, StreamEvent
 from chatforge.serve.protocol import (
     ApiError,
     ChatRequest,
@@ -40,6 +40,7 @@ from chatforge.serve.protocol import (
 )
 from chatforge.serve.scheduler import QueueFull, Scheduler, SchedulerStopped, Ticket
 from chatforge.serve.store import FeedbackStore, NotFound
+from chatforge.tokenizer import Tokenizer
 
 STATIC = Path(__file__).parent / "static"
 
@@ -54,36 +55,55 @@ class ServeOptions:
     default_max_tokens: int | None = None  # chat without max_tokens: the rest of the context, capped here
 
 
-class BodyLimit:
-    """ASGI middleware: refuse request bodies over `limit` bytes (413) before they are read into memory."""
+class Gate:
+    """ASGI middleware in front of everything: the API-key check, the body-size limit (413 before the body is
+    read into memory) and the error counts for /metrics. Pure ASGI on purpose: Starlette's
+    BaseHTTPMiddleware copies every chunk of a streaming response through a memory stream, a per-token cost
+    that showed up under load."""
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app, server: Server):
+        self.app, self.server = app, server
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await _send_json(send, ApiError(413, f"request body over {self.limit} bytes", code="body_too_large"))
+        opts, path = self.server.opts, scope["path"]
+        headers = dict(scope.get("headers") or [])
+        if opts.api_key and not (path == "/" or any(path.startswith(p) for p in OPEN_PATHS[1:])):
+            if headers.get(b"authorization", b"") != f"Bearer {opts.api_key}".encode():
+                self.server._count(401)
+                return await _send_json(send, ApiError(401, "missing or wrong API key (send 'Authorization: "
+                                                            "Bearer <key>')", code="invalid_api_key"))
+        limit = opts.max_body_bytes
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            self.server._count(413)
+            return await _send_json(send, ApiError(413, f"request body over {limit} bytes", code="body_too_large"))
         seen = 0
 
-        async def limited():
+        async def limited_receive():
             nonlocal seen
             msg = await receive()
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
-                if seen > self.limit:
-                    raise ApiError(413, f"request body over {self.limit} bytes", code="body_too_large")
+                if seen > limit:
+                    raise ApiError(413, f"request body over {limit} bytes", code="body_too_large")
             return msg
 
-        return await self.app(scope, limited, send)
+        async def counting_send(msg):
+            if msg["type"] == "http.response.start":
+                self.server._count(msg["status"])
+            await send(msg)
+
+        return await self.app(scope, limited_receive, counting_send)
 
 
 async def _send_json(send, err: ApiError):
     body = json.dumps(err.body()).encode()
-    await send({"type": "http.response.start", "status": err.status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if err.status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    await send({"type": "http.response.start", "status": err.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -96,14 +116,13 @@ OPEN_PATHS = ("/", "/health", "/metrics", "/static")
 
 
 class Server:
-    """Holds the engine, scheduler, store and options; `app` is the FastAPI application."""
+    """Holds the scheduler (and through it the engine), tokenizer, store and options; `app` is the FastAPI
+    application."""
 
-    def __init__(self, engine: Engine, store: FeedbackStore | None, opts: ServeOptions):
-        self.engine, self.store, self.opts = engine, store, opts
-        self.tok = engine.tok
-        self.ctx = engine.model.cfg.max_seq_len
-        self.tt = TokenText(self.tok, engine.vocab)
-        self.scheduler = Scheduler(engine, max_queue=opts.max_queue)
+    def __init__(self, scheduler: Scheduler, tok: Tokenizer, store: FeedbackStore | None, opts: ServeOptions):
+        self.scheduler, self.tok, self.store, self.opts = scheduler, tok, store, opts
+        self.ctx, self.vocab = scheduler.ctx, scheduler.vocab
+        self.tt = TokenText(self.tok, self.vocab)
         self.started = time.time()
         self.errors: dict[int, int] = {}
         self.ttft: list[float] = []
@@ -118,23 +137,6 @@ class Server:
             self.scheduler.stop()
 
         app = FastAPI(title="chatforge", docs_url="/docs", redoc_url=None, lifespan=lifespan)
-
-        @app.middleware("http")
-        async def auth_and_count(request: Request, call_next):
-            path = request.url.path
-            if self.opts.api_key and not (path == "/" or any(path.startswith(p) for p in OPEN_PATHS[1:])):
-                given = request.headers.get("authorization", "")
-                if given != f"Bearer {self.opts.api_key}":
-                    err = ApiError(401, "missing or wrong API key (send 'Authorization: Bearer <key>')",
-                                   code="invalid_api_key")
-                    self._count(401)
-                    return _error_response(err)
-            try:
-                response = await call_next(request)
-            except ApiError as e:  # raised by the body limit while the handler read the body
-                response = _error_response(e)
-            self._count(response.status_code)
-            return response
 
         @app.exception_handler(ApiError)
         async def _api_error(_req, e: ApiError):
@@ -158,7 +160,7 @@ class Server:
         async def _fault(_req, e: Exception):
             return _error_response(ApiError(500, f"internal error: {type(e).__name__}: {e}"))
 
-        app.add_middleware(BodyLimit, limit=self.opts.max_body_bytes)
+        app.add_middleware(Gate, server=self)
 
         @app.get("/", include_in_schema=False)
         async def index():
@@ -195,7 +197,7 @@ class Server:
         @app.get("/tokenizer_info")
         async def tokenizer_info():
             t = self.tok
-            return {"model": self.opts.model_name, "vocab_size": t.vocab_size, "model_vocab_size": self.engine.vocab,
+            return {"model": self.opts.model_name, "vocab_size": t.vocab_size, "model_vocab_size": self.vocab,
                     "max_model_len": self.ctx, "bos_token_id": t.bos_id, "eos_token_id": t.eos_id,
                     "pad_token_id": t.pad_id, "end_token_id": t.end_id,
                     "role_token_ids": dict(t.role_ids), "chat_template": "chatforge"}
@@ -218,8 +220,8 @@ class Server:
             ids = body.get("tokens")
             if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
                 raise ApiError(400, "'tokens' must be a list of token ids", "tokens")
-            if any(i < 0 or i >= self.engine.vocab for i in ids):
-                raise ApiError(400, f"token ids must be in 0..{self.engine.vocab - 1}", "tokens")
+            if any(i < 0 or i >= self.vocab for i in ids):
+                raise ApiError(400, f"token ids must be in 0..{self.vocab - 1}", "tokens")
             return {"prompt": self.tok.decode(ids, skip_special=False)}
 
         @app.post("/v1/chat/completions")
@@ -293,8 +295,8 @@ class Server:
         if len(ids) >= self.ctx:
             raise ApiError(400, f"the prompt has {len(ids)} tokens; this model's context is {self.ctx} tokens "
                                 f"(at most {self.ctx - 1} prompt tokens)", param, "context_length_exceeded")
-        if min(ids) < 0 or max(ids) >= self.engine.vocab:
-            raise ApiError(400, f"token ids must be in 0..{self.engine.vocab - 1}", param)
+        if min(ids) < 0 or max(ids) >= self.vocab:
+            raise ApiError(400, f"token ids must be in 0..{self.vocab - 1}", param)
 
     def _submit(self, prompts: list[list[int]], params: list[SamplingParams]) -> Ticket:
         try:
@@ -346,12 +348,12 @@ class Server:
             completed = False
             try:
                 async for batch in ticket.batches():
-                    text = "".join(f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+                    text = "".join(f"data: {sse_json(chunk)}\n\n"
                                    for ev in merge_deltas(batch) for chunk in make_chunks(ev))
                     if text:
                         yield text
                 for chunk in finish():
-                    yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+                    yield f"data: {sse_json(chunk)}\n\n"
                 yield "data: [DONE]\n\n"
                 completed = True
             except RuntimeError as e:  # engine fault mid-stream: tell the client in the stream
@@ -508,6 +510,12 @@ class Server:
         return self._stream(ticket, make_chunks, finish)
 
 
+def sse_json(chunk: dict) -> str:
+    """JSON for one SSE event. ASCII-only: raw U+2028 / U+0085 in model text would be line breaks to clients
+    that split the stream with str.splitlines (httpx does), tearing an event in two."""
+    return json.dumps(chunk, ensure_ascii=True, separators=(",", ":"))
+
+
 def merge_deltas(events: list[StreamEvent]) -> list[StreamEvent]:
     """Consecutive events of one sequence -> one event (their text and tokens joined; finished if the last
     is). Order across sequences is kept."""
@@ -554,24 +562,25 @@ async def _json_body(request: Request) -> dict:
 
 
 def build_server(run: str | Path, stage: str = "sft", device: str = "cpu", db: str | None = None,
-                 max_batch: int = 16, opts: ServeOptions | None = None, feedback: bool = True) -> Server:
-    """Load a run's model stage into an engine and wrap it in a Server (feedback store in the run by default)."""
-    import torch
-
-    from chatforge.model import load_model
+                 max_batch: int = 16, opts: ServeOptions | None = None, feedback: bool = True,
+                 engine_in_thread: bool = False, threads: int | None = None) -> Server:
+    """A Server for a run's model stage: the engine in its own process (default) or a thread of this one;
+    the feedback store in the run unless `db` names another."""
+    from chatforge.model import load_config
     from chatforge.run import model_dir, require_run
+    from chatforge.serve.scheduler import EngineSpec, load_engine
     from chatforge.serve.store import default_db_url
-    from chatforge.tokenizer import Tokenizer
 
     run = require_run(run)
     folder = model_dir(run, stage)
-    model = load_model(folder, device)
-    if device.startswith("cuda"):
-        model = model.to(torch.bfloat16)
-    engine = Engine(model, Tokenizer.load(folder), max_batch=max_batch)
+    spec = EngineSpec(str(run), stage, device, max_batch, threads)
     opts = opts or ServeOptions()
+    if engine_in_thread:
+        scheduler = Scheduler.in_thread(load_engine(spec), opts.max_queue)
+    else:
+        cfg = load_config(folder)
+        scheduler = Scheduler.subprocess(spec, cfg.max_seq_len, cfg.vocab_size, opts.max_queue)
     if opts.model_name == "chatforge":
         opts.model_name = f"chatforge-{Path(run).name}-{stage}"
     store = FeedbackStore(db or default_db_url(run)) if feedback else None
-    return Server(engine, store, opts)
-
+    return Server(scheduler, Tokenizer.load(folder), store, opts)
