@@ -117,9 +117,11 @@ def random_run(run: Path, shape: str, out: Path) -> Path:
     return out
 
 
-def start_server(run: str, stage: str, port: int, max_batch: int, device: str) -> subprocess.Popen:
+def start_server(run: str, stage: str, port: int, max_batch: int, device: str, threads: int | None) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "chatforge.cli", "serve", "--run", run, "--stage", stage, "--port", str(port),
            "--max-batch", str(max_batch), "--device", device, "--no-feedback", "--max-queue", "256"]
+    if threads:
+        cmd += ["--threads", str(threads)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, TQDM_DISABLE="1"))
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -145,6 +147,7 @@ def main() -> None:
     ap.add_argument("--random-init", default=None, choices=sorted(SHAPES),
                     help="serve a randomly initialised model of this shape (with the run's tokenizer)")
     ap.add_argument("--max-batch", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=None, help="the engine's torch CPU threads (serve --threads)")
     ap.add_argument("--clients", default="1,16", help="comma-separated client counts; the ratio is last vs first")
     ap.add_argument("--duration", type=float, default=20.0, help="seconds per client count")
     ap.add_argument("--max-tokens", type=int, default=64)
@@ -163,7 +166,7 @@ def main() -> None:
     else:
         served = args.run
     if url is None:
-        proc = start_server(served, args.stage, args.port, args.max_batch, args.device)
+        proc = start_server(served, args.stage, args.port, args.max_batch, args.device, args.threads)
         url = f"http://127.0.0.1:{args.port}"
     prompts = world_prompts(Path(args.run) if args.run else None)
     try:

@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-name", default=None, help="the model id clients see (default chatforge-RUN-STAGE)")
     p.add_argument("--db", default=None, help="feedback store SQLAlchemy URL (default sqlite in RUN/feedback/)")
     p.add_argument("--no-feedback", action="store_true", help="no feedback store (API only)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads of the engine (default: all cores)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads of the engine (default on cpu: all cores but one, left to HTTP)")
     p.add_argument("--engine-in-thread", action="store_true",
                    help="run the engine in a thread of the server process instead of its own process")
 
