@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 RUN ?= runs/demo
 PRESET ?= tiny
 
-.PHONY: demo test venv lint bench clean
+.PHONY: demo test venv lint bench serve clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,12 +24,16 @@ demo: $(STAMP)
 	$(VENV)/bin/chatforge pipeline --run $(RUN) --preset $(PRESET)
 	@echo ""
 	@echo "Talk to the assistant:  $(VENV)/bin/chatforge chat --run $(RUN)            (the SFT model; --stage base for the raw one)"
+	@echo "In the browser / API:   make serve   -> http://127.0.0.1:8000/  (OpenAI-compatible API at /v1)"
 	@echo "Continue a text:        $(VENV)/bin/chatforge sample --run $(RUN) --stage base --interactive"
 	@echo "Use it from Python:     $(VENV)/bin/chatforge export --run $(RUN) --stage sft --out exported/demo-sft"
 	@if [ -t 0 ]; then $(VENV)/bin/chatforge chat --run $(RUN) --stage sft; fi
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+serve: $(STAMP)
+	$(VENV)/bin/chatforge serve --run $(RUN) --stage sft --port 8000
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
