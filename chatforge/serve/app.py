@@ -33,6 +33,7 @@ from chatforge.serve.protocol import (
     TokenText,
     chat_logprobs,
     chat_messages,
+    check_sampling,
     completion_logprobs,
     completion_prompts,
     new_id,
@@ -379,7 +380,7 @@ class Server:
                                       "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens")
         params = [req.sampling(max_tokens, n_top, j) for j in range(req.n)]
         for sp in params:
-            _validate(sp)
+            check_sampling(sp)
         turn_id = (req.metadata or {}).get("turn_id") if req.store else None
         if turn_id is not None and self.store is None:
             raise ApiError(400, "store: this server has no feedback store", "store")
@@ -464,7 +465,7 @@ class Server:
             for j in range(req.n):
                 sp = req.sampling(req.max_tokens, n_top, j)
                 sp.prompt_logprobs = bool(req.echo and n_top is not None)
-                _validate(sp)
+                check_sampling(sp)
                 seqs.append(p)
                 params.append(sp)
         ticket = self._submit(seqs, params)
@@ -536,13 +537,6 @@ def merge_deltas(events: list[StreamEvent]) -> list[StreamEvent]:
         else:
             last[ev.index] = k
     return out
-
-
-def _validate(sp: SamplingParams) -> None:
-    try:
-        sp.validate()
-    except ChatforgeError as e:
-        raise ApiError(400, str(e)) from None
 
 
 def _list(body: dict, key: str) -> list:

@@ -225,6 +225,7 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
 
 
 def check_sampling(sp: SamplingParams) -> None:
+    """SamplingParams.validate as an HTTP 400."""
     try:
         sp.validate()
     except ChatforgeError as e:

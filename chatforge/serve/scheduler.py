@@ -22,6 +22,7 @@ import asyncio
 import itertools
 import multiprocessing as mp
 import queue
+import signal
 import threading
 import time
 import traceback
@@ -131,6 +132,9 @@ def engine_loop(engine: Engine, next_commands, emit) -> None:
 
 def _engine_process_main(spec: EngineSpec, conn) -> None:
     """Entry point of the engine process: load, say ready (with the model's limits), then serve the pipe."""
+    # Ctrl-C reaches the whole process group: the server shuts down and then stops us with a "stop" command
+    # (requests in flight finish cleanly) instead of this process dying under it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         engine = load_engine(spec)
     except Exception as e:  # noqa: BLE001 - reported to the parent, which refuses to start
