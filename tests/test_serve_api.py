@@ -363,3 +363,20 @@ def test_engine_in_thread_matches_the_engine_process_and_survives_a_fault(server
         _assert_error(c.post("/v1/chat/completions", json=body), 500, code="generation_failed")
         assert c.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]["content"] == expected
         assert c.get("/health").json()["status"] == "ok"
+
+
+def test_a_dead_engine_process_is_a_503_not_a_hang(served_run):
+    from fastapi.testclient import TestClient
+
+    from chatforge.serve.app import ServeOptions, build_server
+
+    srv = build_server(served_run, "base", feedback=False, opts=ServeOptions())
+    with TestClient(srv.app) as c:
+        assert c.post("/v1/chat/completions", json={"messages": MSG, "max_tokens": 3}).status_code == 200
+        srv.scheduler._proc.kill()
+        deadline = time.monotonic() + 20
+        while c.get("/health").status_code != 503:
+            assert time.monotonic() < deadline, "the server never noticed its engine died"
+            time.sleep(0.05)
+        _assert_error(c.post("/v1/chat/completions", json={"messages": MSG, "max_tokens": 3}), 503,
+                      code="engine_unavailable")
