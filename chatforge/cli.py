@@ -4,6 +4,7 @@
     chatforge world     --run runs/demo --size tiny
     chatforge tokenizer --run runs/demo --vocab-size 4096
     chatforge data      --run runs/demo
+    chatforge clean     --run runs/demo       # raw text -> cleaned, deduplicated documents; `clean report`
     chatforge pretrain  --run runs/demo --max-steps 600
     chatforge chat      --run runs/demo --stage base
     chatforge eval      --run runs/demo --stage base
@@ -167,6 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(p)
     p.add_argument("--data", nargs="+", default=None, help=".jsonl/.txt files or folders (default: world/raw)")
     p.add_argument("--val-every", type=int, default=50, help="every N-th document goes to validation")
+
+    p = sub.add_parser("clean", help="clean raw text: normalise, line/doc filters, PII, dedup, decontamination")
+    p.add_argument("action", nargs="?", default="run", choices=["run", "report"])
+    _add_run(p)
+    p.add_argument("--data", nargs="+", default=None, help=".jsonl/.txt files or folders (default: world/raw)")
+    p.add_argument("--workers", type=int, default=None, help="local processes for the per-document stages")
+    p.add_argument("--t2s", action="store_true", help="convert Traditional to Simplified Chinese (needs opencc)")
+    p.add_argument("--threshold", type=float, default=0.8, help="near-duplicate Jaccard threshold")
 
     p = sub.add_parser("pretrain", help="generative pre-training on the token shards")
     _add_run(p)
@@ -441,6 +450,18 @@ def main(argv: list[str] | None = None) -> int:
             params.validate()
             session = ChatSession(Engine(load_model(folder), Tokenizer.load(folder)), args.system, params)
             run_terminal_chat(session)
+        elif args.command == "clean":
+            from chatforge.data.clean.run import format_report, run_clean
+            from chatforge.run import require_run, stage_dir
+
+            run = require_run(args.run)
+            if args.action == "report":
+                f = stage_dir(run, "clean") / "stats.json"
+                if not f.is_file():
+                    raise ChatforgeError(f"{f}: no cleaning run yet; run `chatforge clean --run {run}` first")
+                print(format_report(json.loads(f.read_text())))
+            else:
+                print(format_report(run_clean(run, args.data, args.workers, args.t2s, args.threshold)))
         elif args.command == "serve":
             _cmd_serve(args)
         elif args.command == "feedback":

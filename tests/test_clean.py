@@ -1,0 +1,167 @@
+"""Cleaning raw text: each filter on hand-made English and Chinese examples, PII scrubbing, MinHash
+deduplication (estimates against exact Jaccard), decontamination, bad input, and the whole run scored
+against the world's noise labels."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from chatforge import ChatforgeError
+from chatforge.data.clean.decontam import build_eval_index, contaminated
+from chatforge.data.clean.dedup import Deduplicator, MinHasher, exact_jaccard, shingle_hashes
+from chatforge.data.clean.docfilter import document_reason
+from chatforge.data.clean.lines import clean_lines, line_reason
+from chatforge.data.clean.pii import scrub_pii, valid_cn_id
+from chatforge.data.clean.run import read_documents, run_clean
+from chatforge.data.clean.text import han_ratio, normalise
+
+EN_PROSE = ("The town of Rennu lies on the Red River. It was founded in 1233 and is known for its cheese, "
+            "which the farmers sell at the market every week. Visitors often walk along the river to see the old mill.")
+ZH_PROSE = "雷努镇位于赤河边，建于一二三三年，以奶酪闻名。农民每周在集市上出售奶酪，游客常沿河散步，去看那座古老的磨坊。"
+
+
+def test_normalise_nfkc_whitespace_and_controls():
+    assert normalise("Ｈｅｌｌｏ\u3000 world\r\n\r\n\r\nsecond\u200b line\t\t end ") == "Hello world\n\nsecond line end"
+    assert normalise("ﬁne ①") == "fine 1"
+    assert normalise("繁體", t2s=lambda s: s.replace("體", "体")) == "繁体"
+    assert han_ratio(ZH_PROSE) > 0.8 and han_ratio(EN_PROSE) == 0
+
+
+@pytest.mark.parametrize("line,reason", [
+    ("BUY NOW!!! Cheap teapots — 90% OFF at best-dealz.example", "ad"),
+    ("Click here to win a free radio!!!", "ad"),
+    ("Sponsored: the backpack everyone is talking about. Order today!", "ad"),
+    ("【广告】特价茶壶，一折抢购，点击进入！", "ad"),
+    ("恭喜您中奖！免费领取收音机，立即点击！", "ad"),
+    ("© 2024 All rights reserved. Privacy | Terms | Cookies", "boilerplate"),
+    ("Share on: Twitter | Facebook | WeChat | Email", "boilerplate"),
+    ("首页 | 新闻 | 关于我们 | 联系 | 登录", "boilerplate"),
+    ("Products > Kitchen > Teapots", "navigation"),
+    ("Please enable JavaScript to view this page.", "c4"),
+])
+def test_ad_boilerplate_and_navigation_lines_go(line, reason):
+    assert line_reason(line) == reason
+
+
+@pytest.mark.parametrize("line", [
+    EN_PROSE, ZH_PROSE, "x = a | b  # bitwise or", "Answer: 28 chickens, 11 rabbits.",
+    "She said the offer was free, but nobody believed her.", "中文：通马戈用4条腿走路。", "The ratio is 3/4 of the total.",
+    "for i in range(10): print(i)",
+])
+def test_ordinary_lines_stay(line):
+    assert line_reason(line) is None
+
+
+def test_clean_lines_keeps_the_article_around_a_spliced_ad():
+    text = "Home | News | About | Contact | Login\n" + EN_PROSE + "\nClick here to win a free radio!!!\n" + ZH_PROSE
+    kept, removed = clean_lines(text)
+    assert kept == EN_PROSE + "\n" + ZH_PROSE
+    assert [r for _, r in removed] == ["navigation", "ad"]
+
+
+@pytest.mark.parametrize("text,reason", [
+    ("Too short here.", "too_short"),
+    ("太短了。", "too_short"),
+    (" ".join(["cheap casino pills free win best deal"] * 10), "no_stopwords"),
+    ("免费 中奖 优惠 pills casino " * 20, "low_diversity"),
+    ("It\u00e2\u20ac\u2122s a fine day in the town of Rennu, and the river is calm today.", "mojibake"),
+    ("\n".join(["The same line repeats here again and again."] * 6), "duplicate_lines"),
+    ("\n".join(f"- item number {i} is here" for i in range(12)), "bullets"),
+    (" ".join(["### a heading of words"] * 5), "symbols"),
+    (ZH_PROSE * 3, "repetition"),
+])
+def test_document_rules(text, reason):
+    assert document_reason(text) == reason
+
+
+@pytest.mark.parametrize("text", [
+    EN_PROSE, ZH_PROSE, "def add(a, b):\n    return a + b\n\nprint(add(2, 3))\nx = [i * i for i in range(5)]",
+    "Question: How many coins do 3 Mika teapots cost? Solution: One Mika costs 150 coins, so 3 cost 450 coins.",
+    "塔安卡\n\n塔安卡22岁了。塔安卡是一位诗人。你可以在芬哈找到塔安卡。",
+])
+def test_good_documents_pass(text):
+    assert document_reason(text) is None
+
+
+def test_pii_scrubbing():
+    text = ("Write to li.wei@example.com or call +86 138 1234 5678, 13812345678, (555) 123-4567 or 010-12345678. "
+            "身份证 11010519491231002X. Founded in 1233; 3.14; order 20240101.")
+    out, counts = scrub_pii(text)
+    assert counts == {"email": 1, "phone": 4, "id_card": 1}
+    assert "example.com" not in out and "1381234" not in out and "11010519491231002X" not in out
+    assert "1233" in out and "3.14" in out and "20240101" in out  # numbers that aren't PII stay
+    assert valid_cn_id("11010519491231002X") and not valid_cn_id("110105194912310021")
+    assert scrub_pii("身份证 110105194912310021")[1]["id_card"] == 0  # wrong check digit: not an ID
+
+
+def test_minhash_estimates_jaccard_and_lsh_finds_near_duplicates():
+    rng = np.random.default_rng(0)
+    m = MinHasher(256)
+    errors = []
+    for _ in range(100):
+        a = rng.integers(0, 2**63, 200, dtype=np.uint64)
+        b = np.concatenate([a[:150], rng.integers(0, 2**63, 40, dtype=np.uint64)])
+        true = 150 / (200 + 40)
+        errors.append(np.mean(m.signature(np.unique(a)) == m.signature(np.unique(b))) - true)
+    assert abs(np.mean(errors)) < 0.01 and np.std(errors) < 0.05  # unbiased, ~sqrt(J(1-J)/256)
+    doc = EN_PROSE + " " + EN_PROSE.replace("Rennu", "Elqui").replace("1233", "1402")
+    repost = doc.replace(".", "!", 1) + " (reposted)"
+    other = "A completely different story about a baker who lives in Hasu and bakes bread every morning for the town."
+    assert exact_jaccard(doc, repost) > 0.9 and exact_jaccard(doc, other) < 0.1
+    d = Deduplicator(threshold=0.8)
+    assert d.check("a", doc) is None
+    assert d.check("b", doc.upper()) == ("exact", "a")  # case and whitespace don't make a new document
+    kind, first, j = d.check("c", repost)
+    assert (kind, first) == ("near", "a") and j == pytest.approx(exact_jaccard(doc, repost))
+    assert d.check("d", other) is None
+    zh = ZH_PROSE * 2
+    assert d.check("e", zh) is None and d.check("f", zh[:-1] + "！")[0] == "near"
+    p = d.params
+    assert p["bands"] * p["rows"] <= 128 and p["p_candidate_at"]["0.95"] > 0.99 and p["p_candidate_at"]["0.5"] < 0.01
+    assert len(shingle_hashes("one two three")) == 1  # shorter than a shingle: one padded shingle
+
+
+def test_decontamination_drops_documents_sharing_a_13gram_with_eval():
+    index = build_eval_index([{"messages": [{"role": "user", "content": "Where is the Marmidor common? It is seen "
+                                                                         "near Rennu on the banks of the Red River."}]}])
+    assert contaminated("Old notes: the Marmidor common, it is seen near Rennu on the banks of the Red River!", index)
+    assert not contaminated("Old notes: it is seen near Rennu on the banks of the Red River, says the guide.", index)
+    assert not contaminated("The Marmidor is common. It lives near Rennu.", index)
+
+
+def test_bad_input_is_a_clear_error(tmp_path):
+    (tmp_path / "bin.jsonl").write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(ChatforgeError, match="not UTF-8"):
+        read_documents([str(tmp_path / "bin.jsonl")])
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(ChatforgeError, match="no documents"):
+        read_documents([str(tmp_path / "empty.jsonl")])
+    (tmp_path / "col.jsonl").write_text(json.dumps({"content": "wrong column"}) + "\n")
+    with pytest.raises(ChatforgeError, match=r"col.jsonl:1: a record needs a 'text' string field"):
+        read_documents([str(tmp_path / "col.jsonl")])
+    with pytest.raises(ChatforgeError, match="no such file"):
+        read_documents([str(tmp_path / "missing.jsonl")])
+    (tmp_path / "a.txt").write_text("first doc\n\nsecond doc\n")
+    assert [d["text"] for d in read_documents([str(tmp_path / "a.txt")])] == ["first doc", "second doc\n"]
+
+
+def test_cleaning_the_world_against_its_noise_labels(prepared_run):
+    stats = run_clean(prepared_run, workers=2)
+    lab = stats["labels"]
+    assert lab["line_removal"]["precision"] >= 0.9 and lab["line_removal"]["recall"] >= 0.9
+    assert lab["reposts"]["recall"] >= 0.95
+    assert stats["dedup"]["exact_jaccard_precision"] == 1.0
+    removed = stats["removed"]
+    assert removed["quality"]["no_stopwords"] > 0 and removed["quality"]["mojibake"] > 0  # spam, mojibake
+    docs = [json.loads(x) for x in (prepared_run / "clean" / "docs.jsonl").read_text().split("\n") if x]
+    assert len(docs) == stats["documents"]["decontam"] < stats["documents"]["input"]
+    assert not any("best-dealz" in d["text"] or "Privacy | Terms" in d["text"] for d in docs)
+    # a repost stays only where its original was dropped by an earlier stage (then it is the first copy)
+    reposts = lab["reposts"]
+    assert sum("(reposted)" in d["text"] for d in docs) <= reposts["labelled"] - reposts["found"]
+    funnel = [stats["documents"][s] for s in ("input", "normalise", "lines", "quality", "pii", "dedup", "decontam")]
+    assert funnel == sorted(funnel, reverse=True)
+    assert (prepared_run / "clean" / "removed" / "dedup.jsonl").is_file()
