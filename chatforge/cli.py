@@ -176,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="local processes for the per-document stages")
     p.add_argument("--t2s", action="store_true", help="convert Traditional to Simplified Chinese (needs opencc)")
     p.add_argument("--threshold", type=float, default=0.8, help="near-duplicate Jaccard threshold")
+    p.add_argument("--reference", nargs="+", default=None,
+                   help="trusted text (.jsonl/.txt): trains the quality classifier, keeps documents by Pareto rule")
+    p.add_argument("--alpha", type=float, default=9.0, help="the Pareto rule's alpha (GPT-3: 9)")
 
     p = sub.add_parser("pretrain", help="generative pre-training on the token shards")
     _add_run(p)
@@ -461,7 +464,8 @@ def main(argv: list[str] | None = None) -> int:
                     raise ChatforgeError(f"{f}: no cleaning run yet; run `chatforge clean --run {run}` first")
                 print(format_report(json.loads(f.read_text())))
             else:
-                print(format_report(run_clean(run, args.data, args.workers, args.t2s, args.threshold)))
+                print(format_report(run_clean(run, args.data, args.workers, args.t2s, args.threshold,
+                                              reference=args.reference, alpha=args.alpha)))
         elif args.command == "serve":
             _cmd_serve(args)
         elif args.command == "feedback":

@@ -165,3 +165,50 @@ def test_cleaning_the_world_against_its_noise_labels(prepared_run):
     funnel = [stats["documents"][s] for s in ("input", "normalise", "lines", "quality", "pii", "dedup", "decontam")]
     assert funnel == sorted(funnel, reverse=True)
     assert (prepared_run / "clean" / "removed" / "dedup.jsonl").is_file()
+
+
+def test_pareto_rule_keeps_with_probability_two_minus_score_to_the_minus_alpha():
+    from chatforge.data.clean.quality import pareto_keep, threshold_keep
+
+    n = 200_000
+    for score in (0.0, 0.5, 0.9, 1.0):
+        kept = pareto_keep(np.full(n, score), alpha=9, seed=1).mean()
+        assert kept == pytest.approx((2 - score) ** -9, abs=0.004)  # P(Lomax(9) > 1 - s) = (2 - s)^-9
+    assert list(threshold_keep(np.array([0.2, 0.5, 0.9]), 0.5)) == [False, True, True]
+    a, b = pareto_keep(np.full(100, 0.7), seed=3), pareto_keep(np.full(100, 0.7), seed=3)
+    assert (a == b).all()  # seeded
+
+
+def test_quality_classifier_separates_reference_text_from_raw_web():
+    from chatforge.data.clean.quality import QualityClassifier
+
+    rng = np.random.default_rng(0)
+    towns, rivers = ["Rennu", "Elqui", "Hasu", "Loan", "Briha"], ["Red", "Pine", "Stone", "Silver"]
+    ref = [f"The town of {rng.choice(towns)} lies on the {rng.choice(rivers)} River and was founded in "
+           f"{rng.integers(1000, 1600)}." for _ in range(60)]
+    ref += [f"{t}镇位于{r}河边，建于{rng.integers(1000, 1600)}年。" for t, r in zip(["雷努", "埃尔奎"] * 20, ["赤", "松"] * 20)]
+    spam_words = ["cheap", "casino", "free", "win", "click", "deal", "免费", "中奖", "优惠", "点击"]
+    web = [" ".join(rng.choice(spam_words, 12)) + " " + rng.choice(towns) for _ in range(100)]
+    clf = QualityClassifier().fit(ref[::2] + ref[1::4], web[::2])
+    held_ref, held_web = ref[3::4], web[1::2]
+    s_ref, s_web = clf.score(held_ref), clf.score(held_web)
+    accuracy = (np.sum(s_ref > 0.5) + np.sum(s_web <= 0.5)) / (len(s_ref) + len(s_web))
+    assert accuracy >= 0.95 and s_ref.mean() > s_web.mean() + 0.3
+    with pytest.raises(ChatforgeError, match="needs reference and raw texts"):
+        QualityClassifier().fit([], web)
+
+
+def test_the_classifier_stage_keeps_reference_like_documents(prepared_run, tmp_path):
+    """With the world's encyclopedia as the reference, kept documents lean towards encyclopedia text."""
+    ref = tmp_path / "ref.jsonl"
+    src = prepared_run / "world" / "raw" / "encyclopedia.jsonl"
+    lines = src.read_text().split("\n")
+    ref.write_text("\n".join(lines[::2]))  # half of it as the reference
+    stats = run_clean(prepared_run, reference=[str(ref)], workers=1)
+    c = stats["classifier"]
+    assert 0 < c["keep_ratio"] < 1 and stats["documents"]["classifier"] < stats["documents"]["pii"]
+    assert stats["removed"]["classifier"]["pareto"] == stats["documents"]["pii"] - stats["documents"]["classifier"]
+    docs = [json.loads(x) for x in (prepared_run / "clean" / "docs.jsonl").read_text().split("\n") if x]
+    share = sum(d["source"] == "encyclopedia" for d in docs) / len(docs)
+    raw_share = len([x for x in lines if x]) / stats["documents"]["input"]
+    assert share > 2 * raw_share  # the rule keeps reference-like text far more often

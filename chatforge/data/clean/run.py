@@ -9,7 +9,8 @@ funnel: documents and characters in / out per stage, removals per reason, dedup 
 input carries the world's `noise` labels — precision and recall of line removal and near-duplicate
 detection) and `RUN/clean/removed/<stage>.jsonl` (up to 20 examples per reason).
 
-Stages 1-4 are a pure function over a batch of documents (`clean_batch`), run on a local process pool;
+With `--reference FILES`, a GPT-3-style quality classifier (reference text vs this input) keeps documents
+by Pareto sampling after the rules. Stages 1-4 are a pure function over a batch of documents (`clean_batch`), run on a local process pool;
 deduplication and decontamination keep global state and run in order in this process.
 """
 
@@ -22,6 +23,8 @@ from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import numpy as np
+
 from chatforge import ChatforgeError
 from chatforge.data.clean.decontam import build_eval_index, contaminated, eval_items
 from chatforge.data.clean.dedup import Deduplicator, exact_jaccard
@@ -31,7 +34,7 @@ from chatforge.data.clean.pii import scrub_pii
 from chatforge.data.clean.text import normalise
 from chatforge.run import stage_dir
 
-STAGES = ["input", "normalise", "lines", "quality", "pii", "dedup", "decontam"]
+STAGES = ["input", "normalise", "lines", "quality", "pii", "classifier", "dedup", "decontam"]
 EXAMPLES_PER_REASON = 20
 
 
@@ -108,7 +111,10 @@ def read_documents(paths: list[str]) -> list[dict]:
 
 
 def run_clean(run: str | Path, data: list[str] | None = None, workers: int | None = None, t2s: bool = False,
-              threshold: float = 0.8, batch_size: int = 2000) -> dict:
+              threshold: float = 0.8, batch_size: int = 2000, reference: list[str] | None = None,
+              alpha: float = 9.0, seed: int = 0) -> dict:
+    """`reference`: files of trusted text; when given, a quality classifier (reference vs this input) keeps
+    documents by GPT-3's Pareto rule with `alpha`."""
     run = Path(run)
     world = stage_dir(run, "world")
     docs = read_documents(data or [str(world / "raw")])
@@ -130,6 +136,28 @@ def run_clean(run: str | Path, data: list[str] | None = None, workers: int | Non
     pii = sum((r["pii"] for r in results), Counter())
     removed_docs = [x for r in results for x in r["removed_docs"]]
     removed_lines = [x for r in results for x in r["removed_lines"]]
+
+    classifier_stats = None
+    if reference:
+        from chatforge.data.clean.quality import QualityClassifier, pareto_keep
+
+        tq = time.perf_counter()
+        refs = [normalise(d["text"]) for d in read_documents(reference)]
+        rng = np.random.default_rng(seed)
+        raw = [kept[i]["text"] for i in rng.permutation(len(kept))[:max(len(refs), 1000)]]
+        clf = QualityClassifier(seed=seed).fit(refs, raw)
+        scores = clf.score([d["text"] for d in kept])
+        keep = pareto_keep(scores, alpha, seed)
+        for d, s, k in zip(kept, scores, keep):
+            if not k:
+                removed_docs.append(({**d, "quality_score": float(s)}, "classifier", "pareto"))
+        kept = [d for d, k in zip(kept, keep) if k]
+        classifier_stats = {"reference_docs": len(refs), "raw_docs": len(raw), "alpha": alpha,
+                            "keep_ratio": round(float(keep.mean()), 4) if len(keep) else None,
+                            "score_quartiles": [round(float(q), 3) for q in np.quantile(scores, [0.25, 0.5, 0.75])]
+                            if len(scores) else None}
+        timing["classifier"] = time.perf_counter() - tq
+    chars["classifier"] = sum(len(d["text"]) for d in kept)
 
     t1 = time.perf_counter()
     dedup = Deduplicator(threshold=threshold)
@@ -172,6 +200,7 @@ def run_clean(run: str | Path, data: list[str] | None = None, workers: int | Non
         reasons["lines (removed lines)"][reason] += 1
     stats = {"documents": counts, "characters": {s: chars.get(s, 0) for s in STAGES},
              "removed": {k: dict(v) for k, v in reasons.items()}, "pii_scrubbed": dict(pii),
+             "classifier": classifier_stats,
              "dedup": {**dedup.params, "near_verdicts": len(near_pairs),
                        "exact_jaccard_precision": round(verified / len(near_pairs), 4) if near_pairs else None},
              "decontam": {"eval_ngrams": len(index), "n": 13},
@@ -239,6 +268,10 @@ def format_report(stats: dict) -> str:
             why = ", ".join(f"{r} {n} lines" for r, n in stats["removed"].get("lines (removed lines)", {}).items()) + \
                   (f"; {why}" if why else "")
         lines.append(f"{s:<10} {stats['documents'][s]:>9,} {stats['characters'][s]:>12,}  {why}")
+    if stats.get("classifier"):
+        c = stats["classifier"]
+        lines.append(f"quality classifier: {c['reference_docs']} reference vs {c['raw_docs']} raw documents; Pareto "
+                     f"alpha {c['alpha']} kept {100 * c['keep_ratio']:.1f}% (score quartiles {c['score_quartiles']})")
     if stats.get("pii_scrubbed"):
         lines.append("PII scrubbed: " + ", ".join(f"{k} {v}" for k, v in stats["pii_scrubbed"].items()))
     d = stats["dedup"]
