@@ -172,13 +172,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("clean", help="clean raw text: normalise, line/doc filters, PII, dedup, decontamination")
     p.add_argument("action", nargs="?", default="run", choices=["run", "report"])
     _add_run(p)
-    p.add_argument("--data", nargs="+", default=None, help=".jsonl/.txt files or folders (default: world/raw)")
+    p.add_argument("--data", nargs="+", default=None,
+                   help=".jsonl/.parquet/.txt/.html files or folders (default: world/raw)")
     p.add_argument("--workers", type=int, default=None, help="local processes for the per-document stages")
     p.add_argument("--t2s", action="store_true", help="convert Traditional to Simplified Chinese (needs opencc)")
     p.add_argument("--threshold", type=float, default=0.8, help="near-duplicate Jaccard threshold")
     p.add_argument("--reference", nargs="+", default=None,
                    help="trusted text (.jsonl/.txt): trains the quality classifier, keeps documents by Pareto rule")
     p.add_argument("--alpha", type=float, default=9.0, help="the Pareto rule's alpha (GPT-3: 9)")
+    p.add_argument("--source", action="append", default=None, metavar="NAME=PATH[:WEIGHT]",
+                   help="a named source (jsonl/parquet/txt/html file or folder); with weights, the output is mixed")
+    p.add_argument("--text-column", default="text", help="the text field of jsonl / column of parquet")
 
     p = sub.add_parser("pretrain", help="generative pre-training on the token shards")
     _add_run(p)
@@ -465,7 +469,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(format_report(json.loads(f.read_text())))
             else:
                 print(format_report(run_clean(run, args.data, args.workers, args.t2s, args.threshold,
-                                              reference=args.reference, alpha=args.alpha)))
+                                              reference=args.reference, alpha=args.alpha, sources=args.source,
+                                              text_column=args.text_column)))
         elif args.command == "serve":
             _cmd_serve(args)
         elif args.command == "feedback":

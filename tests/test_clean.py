@@ -132,7 +132,9 @@ def test_decontamination_drops_documents_sharing_a_13gram_with_eval():
     assert not contaminated("The Marmidor is common. It lives near Rennu.", index)
 
 
-def test_bad_input_is_a_clear_error(tmp_path):
+def test_bad_input_is_a_clear_error_and_bad_records_are_counted_skips(tmp_path):
+    from chatforge.data.clean.ingest import read_sources
+
     (tmp_path / "bin.jsonl").write_bytes(b"\xff\xfe\x00binary")
     with pytest.raises(ChatforgeError, match="not UTF-8"):
         read_documents([str(tmp_path / "bin.jsonl")])
@@ -140,12 +142,61 @@ def test_bad_input_is_a_clear_error(tmp_path):
     with pytest.raises(ChatforgeError, match="no documents"):
         read_documents([str(tmp_path / "empty.jsonl")])
     (tmp_path / "col.jsonl").write_text(json.dumps({"content": "wrong column"}) + "\n")
-    with pytest.raises(ChatforgeError, match=r"col.jsonl:1: a record needs a 'text' string field"):
+    with pytest.raises(ChatforgeError, match="no_text_field"):  # nothing usable: an error that says why
         read_documents([str(tmp_path / "col.jsonl")])
+    assert read_documents([str(tmp_path / "col.jsonl")], text_column="content")[0]["text"] == "wrong column"
     with pytest.raises(ChatforgeError, match="no such file"):
         read_documents([str(tmp_path / "missing.jsonl")])
+    (tmp_path / "x.csv").write_text("a,b\n")
+    with pytest.raises(ChatforgeError, match="unsupported file type"):
+        read_documents([str(tmp_path / "x.csv")])
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text("\n".join([json.dumps({"text": "a good document"}), "{not json", json.dumps({"txt": "x"}),
+                                json.dumps({"text": "  "}), json.dumps({"text": "another one"})]))
+    docs, skipped = read_sources({"": [str(mixed)]})
+    assert [d["text"] for d in docs] == ["a good document", "another one"]
+    assert skipped == {"not_json": 1, "no_text_field": 1, "empty_text": 1}
     (tmp_path / "a.txt").write_text("first doc\n\nsecond doc\n")
     assert [d["text"] for d in read_documents([str(tmp_path / "a.txt")])] == ["first doc", "second doc\n"]
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(ChatforgeError, match="not a readable parquet file"):
+        read_documents([str(tmp_path / "bad.parquet")])
+
+
+def test_parquet_and_html_ingest(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"body": [EN_PROSE, None, ZH_PROSE], "url": ["a", "b", "c"]}), tmp_path / "w.parquet")
+    with pytest.raises(ChatforgeError, match=r"no column 'text'; columns: \['body', 'url'\]"):
+        read_documents([str(tmp_path / "w.parquet")])
+    docs = read_documents([str(tmp_path / "w.parquet")], text_column="body")
+    assert [d["text"] for d in docs] == [EN_PROSE, ZH_PROSE] and docs[1]["url"] == "c"
+    page = ("<html><body><nav><a href='/'>Home</a> | <a href='/n'>News</a></nav><article><h1>Rennu</h1>"
+            f"<p>{EN_PROSE}</p><p>{ZH_PROSE}</p></article><footer>© 2024 All rights reserved</footer></body></html>")
+    (tmp_path / "p.html").write_text(page)
+    text = read_documents([str(tmp_path / "p.html")])[0]["text"]
+    assert EN_PROSE in text and ZH_PROSE in text and "All rights reserved" not in text and "News" not in text
+
+
+def test_sources_are_mixed_by_weight(prepared_run, tmp_path):
+    from chatforge.data.clean.ingest import parse_source
+
+    assert parse_source("web=crawl/:0.6") == ("web", "crawl/", 0.6)
+    assert parse_source("books=/data/b.parquet") == ("books", "/data/b.parquet", None)
+    assert parse_source("C:/x.jsonl") == ("", "C:/x.jsonl", None)
+    with pytest.raises(ChatforgeError, match="must be > 0"):
+        parse_source("web=x:0")
+    raw = prepared_run / "world" / "raw"
+    stats = run_clean(prepared_run, workers=1, sources=[f"wiki={raw / 'encyclopedia.jsonl'}:3",
+                                                       f"stories={raw / 'story.jsonl'}:1"])
+    m = stats["mixture"]
+    assert m["wiki"]["share"] == 0.75 and m["stories"]["share"] == 0.25
+    docs = [json.loads(x) for x in (prepared_run / "clean" / "docs.jsonl").read_text().split("\n") if x]
+    chars = {s: sum(len(d["text"]) for d in docs if d["source"] == s) for s in ("wiki", "stories")}
+    assert chars["wiki"] / (chars["wiki"] + chars["stories"]) == pytest.approx(0.75, abs=0.02)
+    for s in ("wiki", "stories"):  # epochs = output characters / cleaned characters of the source
+        assert chars[s] / m[s]["chars"] == pytest.approx(m[s]["epochs"], rel=0.03)
 
 
 def test_cleaning_the_world_against_its_noise_labels(prepared_run):

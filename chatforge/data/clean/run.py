@@ -2,6 +2,7 @@
 decontaminated documents, with what each stage removed and why.
 
     chatforge clean --run runs/demo [--data my.jsonl ...] [--workers 2] [--t2s]
+    chatforge clean --run runs/mine --source web=crawl/:0.6 --source books=books.parquet:0.4 --text-column text
     chatforge clean report --run runs/demo
 
 Writes `RUN/clean/docs.jsonl` (the kept documents: id, text, source, lang), `RUN/clean/stats.json` (the
@@ -29,6 +30,7 @@ from chatforge import ChatforgeError
 from chatforge.data.clean.decontam import build_eval_index, contaminated, eval_items
 from chatforge.data.clean.dedup import Deduplicator, exact_jaccard
 from chatforge.data.clean.docfilter import document_reason
+from chatforge.data.clean.ingest import parse_source, read_sources
 from chatforge.data.clean.lines import clean_lines
 from chatforge.data.clean.pii import scrub_pii
 from chatforge.data.clean.text import normalise
@@ -72,52 +74,59 @@ def clean_batch(docs: list[dict], t2s: bool = False) -> dict:
     return {"kept": kept, "removed_docs": removed_docs, "removed_lines": removed_lines, "chars": chars, "pii": pii}
 
 
-def read_documents(paths: list[str]) -> list[dict]:
-    """jsonl (`text` field; other fields kept) and txt (one document per blank-line-separated block) files or
-    folders of them. An unreadable file is an error; a record without text is counted and skipped."""
-    files: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.suffix in (".jsonl", ".txt"))
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise ChatforgeError(f"{p}: no such file or folder")
-    docs: list[dict] = []
-    for f in files:
-        try:
-            raw = f.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise ChatforgeError(f"{f}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-        if f.suffix == ".txt":
-            docs += [{"id": f"{f.name}:{i}", "text": block, "source": f.stem}
-                     for i, block in enumerate(b for b in raw.split("\n\n") if b.strip())]
-            continue
-        for n, line in enumerate(raw.split("\n"), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ChatforgeError(f"{f}:{n}: not JSON ({e.msg})") from None
-            if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
-                raise ChatforgeError(f"{f}:{n}: a record needs a 'text' string field")
-            rec.setdefault("id", f"{f.name}:{n}")
-            rec.setdefault("source", f.stem)
-            docs.append(rec)
-    if not docs:
-        raise ChatforgeError(f"no documents in {paths}")
-    return docs
+def read_documents(paths: list[str], text_column: str = "text") -> list[dict]:
+    """Documents of these files / folders as one unnamed source (see ingest.read_sources)."""
+    return read_sources({"": paths}, text_column)[0]
+
+
+def mix_sources(docs: list[dict], weights: dict[str, float], seed: int = 0) -> tuple[list[dict], dict]:
+    """GPT-3-style mixture: source i gets weight_i / sum(weights) of the characters (the total kept as it
+    is), so a small high-quality source is repeated (epochs > 1) and a large one subsampled (epochs < 1).
+    Whole copies first, then a seeded sample for the fraction; the result is shuffled."""
+    rng = np.random.default_rng(seed)
+    by: dict[str, list[dict]] = defaultdict(list)
+    for d in docs:
+        by[d.get("source", "")].append(d)
+    missing = sorted(set(by) - set(weights))
+    if missing:
+        raise ChatforgeError(f"sources {missing} have no weight; give every --source a weight or none")
+    total = sum(len(d["text"]) for d in docs)
+    wsum = sum(weights[s] for s in by)
+    out, table = [], {}
+    for s, items in by.items():
+        chars = sum(len(d["text"]) for d in items)
+        epochs = (weights[s] / wsum) * total / chars
+        whole, frac = int(epochs), epochs - int(epochs)
+        picked = items * whole + [items[i] for i in sorted(rng.choice(len(items), round(frac * len(items)),
+                                                                     replace=False))]
+        out += picked
+        table[s] = {"docs": len(items), "chars": chars, "weight": weights[s],
+                    "share": round(weights[s] / wsum, 4), "epochs": round(epochs, 3), "docs_out": len(picked)}
+    order = rng.permutation(len(out))
+    return [out[i] for i in order], table
 
 
 def run_clean(run: str | Path, data: list[str] | None = None, workers: int | None = None, t2s: bool = False,
               threshold: float = 0.8, batch_size: int = 2000, reference: list[str] | None = None,
-              alpha: float = 9.0, seed: int = 0) -> dict:
-    """`reference`: files of trusted text; when given, a quality classifier (reference vs this input) keeps
-    documents by GPT-3's Pareto rule with `alpha`."""
+              alpha: float = 9.0, seed: int = 0, sources: list[str] | None = None, text_column: str = "text") -> dict:
+    """`data`: files / folders read as they are (each document keeps its own `source`); `sources`:
+    NAME=PATH[:WEIGHT] specs — with weights, the output is mixed by them (`mix_sources`). `reference`:
+    files of trusted text; when given, a quality classifier (reference vs this input) keeps documents by
+    GPT-3's Pareto rule with `alpha`."""
     run = Path(run)
     world = stage_dir(run, "world")
-    docs = read_documents(data or [str(world / "raw")])
+    spec: dict[str, list[str]] = defaultdict(list)
+    weights: dict[str, float] = {}
+    for s in sources or []:
+        name, path, weight = parse_source(s)
+        spec[name].append(path)
+        if weight is not None:
+            weights[name] = weight
+    if not spec:
+        spec[""] = data or [str(world / "raw")]
+    elif data:
+        spec[""] += data
+    docs, skipped = read_sources(dict(spec), text_column)
     out = stage_dir(run, "clean")
     (out / "removed").mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -186,6 +195,9 @@ def run_clean(run: str | Path, data: list[str] | None = None, workers: int | Non
             final.append(d)
     chars["decontam"] = sum(len(d["text"]) for d in final)
     timing["decontam"] = time.perf_counter() - t2
+    mixture = None
+    if weights:
+        final, mixture = mix_sources(final, weights, seed)
 
     counts = {"input": len(docs)}
     by_stage = Counter(stage for _, stage, _ in removed_docs)
@@ -200,6 +212,7 @@ def run_clean(run: str | Path, data: list[str] | None = None, workers: int | Non
         reasons["lines (removed lines)"][reason] += 1
     stats = {"documents": counts, "characters": {s: chars.get(s, 0) for s in STAGES},
              "removed": {k: dict(v) for k, v in reasons.items()}, "pii_scrubbed": dict(pii),
+             "skipped_records": dict(skipped), "mixture": mixture,
              "classifier": classifier_stats,
              "dedup": {**dedup.params, "near_verdicts": len(near_pairs),
                        "exact_jaccard_precision": round(verified / len(near_pairs), 4) if near_pairs else None},
@@ -268,6 +281,12 @@ def format_report(stats: dict) -> str:
             why = ", ".join(f"{r} {n} lines" for r, n in stats["removed"].get("lines (removed lines)", {}).items()) + \
                   (f"; {why}" if why else "")
         lines.append(f"{s:<10} {stats['documents'][s]:>9,} {stats['characters'][s]:>12,}  {why}")
+    if stats.get("skipped_records"):
+        lines.append("records skipped while reading: " + ", ".join(f"{k} {v}" for k, v in stats["skipped_records"].items()))
+    if stats.get("mixture"):
+        lines.append(f"{'source':<14} {'docs':>8} {'chars':>11} {'weight':>7} {'share':>6} {'epochs':>7}")
+        for s, m in stats["mixture"].items():
+            lines.append(f"{s:<14} {m['docs']:>8,} {m['chars']:>11,} {m['weight']:>7g} {m['share']:>6.1%} {m['epochs']:>7.2f}")
     if stats.get("classifier"):
         c = stats["classifier"]
         lines.append(f"quality classifier: {c['reference_docs']} reference vs {c['raw_docs']} raw documents; Pareto "
