@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -45,15 +46,26 @@ class _ShardWriter:
         self.shards.append({"file": f"{name}.bin", "index": f"{name}.idx.npy", "tokens": 0, "docs": 0})
         self._starts: list[int] = []
 
-    def add(self, ids: list[int]) -> None:
-        if self._f is None or self.shards[-1]["tokens"] >= self.shard_tokens:
-            self.close()
-            self._open()
-        cur = self.shards[-1]
-        self._starts.append(cur["tokens"])
-        self._f.write(np.asarray(ids, dtype=self.dtype).tobytes())
-        cur["tokens"] += len(ids)
-        cur["docs"] += 1
+    def add_many(self, docs: list[list[int]], bos: int, eos: int) -> None:
+        """Append documents as bos, ids..., eos; a new shard starts before a document once the current one
+        holds `shard_tokens`. One array build and one write per shard touched: a list and an array per
+        document were a third of the time of tokenising to shards."""
+        i = 0
+        while i < len(docs):
+            if self._f is None or self.shards[-1]["tokens"] >= self.shard_tokens:
+                self.close()
+                self._open()
+            cur = self.shards[-1]
+            t, j = cur["tokens"], i
+            while j < len(docs) and (j == i or t < self.shard_tokens):  # the same boundary rule as add()
+                self._starts.append(t)
+                t += len(docs[j]) + 2
+                j += 1
+            flat = chain.from_iterable(x for ids in docs[i:j] for x in ((bos,), ids, (eos,)))
+            self._f.write(np.fromiter(flat, dtype=self.dtype, count=t - cur["tokens"]).tobytes())
+            cur["docs"] += j - i
+            cur["tokens"] = t
+            i = j
 
     def close(self) -> None:
         if self._f is not None:
@@ -79,10 +91,12 @@ def write_shards(texts: Iterable[str], tok: Tokenizer, out_dir: str | Path, val_
 
     def flush(batch: list[str]) -> None:
         nonlocal n_docs
+        per_split: dict[str, list[list[int]]] = {"train": [], "val": []}
         for ids in tok.encode_batch(batch):
-            split = "val" if n_docs % val_every == 0 else "train"
-            writers[split].add([tok.bos_id, *ids, tok.eos_id])
+            per_split["val" if n_docs % val_every == 0 else "train"].append(ids)
             n_docs += 1
+        for split, docs in per_split.items():
+            writers[split].add_many(docs, tok.bos_id, tok.eos_id)
         bar.update(len(batch))
 
     batch: list[str] = []
