@@ -88,6 +88,8 @@ class StreamEvent:
     token_ids: list[int]  # tokens generated this step for this request (0 or 1)
     finished: bool = False
     completion: Completion | None = None  # set on the last event of a request
+    logprobs: list[float] | None = None  # with logprobs: those of `token_ids` (a closing stop token has none)
+    top_logprobs: list[dict[int, float]] | None = None  # with logprobs=N > 0
 
 
 @dataclass
@@ -304,12 +306,15 @@ class Engine:
 
     def _append(self, row: _Row, tok_id: int, ctx: int) -> StreamEvent:
         sp, out = row.params, row.out
+        ev_lp = ev_top = None
         if sp.logprobs is not None:
             lp = row.raw_logprobs
             out.logprobs.append(float(lp[tok_id]))
+            ev_lp = [out.logprobs[-1]]
             if sp.logprobs:
                 vals, idx = lp.topk(sp.logprobs)
                 out.top_logprobs.append(dict(zip(idx.tolist(), vals.tolist())))
+                ev_top = [out.top_logprobs[-1]]
         if tok_id in row.stop_ids:
             out.stop_token_id = tok_id
             return self._finish(row, "stop", [])
@@ -325,20 +330,21 @@ class Engine:
             pos = text.find(s, max(0, min(row.emitted, before) - len(s)))
             if pos != -1:
                 out.text = text[:pos]
-                return self._finish(row, "stop", [tok_id])
+                return self._finish(row, "stop", [tok_id], ev_lp, ev_top)
         if len(out.token_ids) >= sp.max_tokens or len(out.prompt_ids) + len(out.token_ids) >= ctx:
-            return self._finish(row, "length", [tok_id])  # an incomplete last character is dropped
+            return self._finish(row, "length", [tok_id], ev_lp, ev_top)  # an incomplete last character is dropped
         safe = _safe_prefix_len(text, sp.stop)
         delta = text[row.emitted:safe] if safe > row.emitted else ""
         row.emitted = max(row.emitted, safe)
-        return StreamEvent(row.index, delta, [tok_id])
+        return StreamEvent(row.index, delta, [tok_id], logprobs=ev_lp, top_logprobs=ev_top)
 
-    def _finish(self, row: _Row, reason: str, new_ids: list[int]) -> StreamEvent:
+    def _finish(self, row: _Row, reason: str, new_ids: list[int], lp: list[float] | None = None,
+                top: list[dict] | None = None) -> StreamEvent:
         out = row.out
         out.finish_reason = reason
         delta = out.text[row.emitted:]
         row.emitted = len(out.text)
-        return StreamEvent(row.index, delta, new_ids, finished=True, completion=out)
+        return StreamEvent(row.index, delta, new_ids, finished=True, completion=out, logprobs=lp, top_logprobs=top)
 
 
 class GenerationBatch:

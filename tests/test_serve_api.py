@@ -185,6 +185,14 @@ def test_chat_logprobs(client):
         assert e.token == e.top_logprobs[0].token and e.logprob == pytest.approx(e.top_logprobs[0].logprob)  # greedy
         assert bytes(e.bytes).decode("utf-8", "replace") == e.token or not e.bytes  # special tokens: no text
     assert "".join(bytes(b for e in content for b in e.bytes).decode("utf-8", "replace")) == r.choices[0].message.content
+    # streamed: each chunk carries its own tokens' logprobs; together they are the non-streamed list
+    streamed = []
+    for ch in client.chat.completions.create(model="m", messages=MSG, max_tokens=10, temperature=0, logprobs=True,
+                                             top_logprobs=3, stream=True, extra_body={"ignore_eos": True}):
+        for c in ch.choices:
+            if c.logprobs and c.logprobs.content:
+                streamed += c.logprobs.content
+    assert [(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in content]
 
 
 def test_completions_echo_logprobs_match_the_models_own_scores(server, served_run):

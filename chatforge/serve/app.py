@@ -421,13 +421,15 @@ class Server:
                 started.add(j)
                 out.append(chunk([{"index": j, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                                    "finish_reason": None}]))
-            if ev.delta:
-                out.append(chunk([{"index": j, "delta": {"content": ev.delta}, "logprobs": None, "finish_reason": None}]))
+            lp = None
+            if n_top is not None and ev.logprobs:  # the logprobs of this chunk's tokens (held-back text too)
+                lp = {"content": [self.tt.chat_entry(t, v, ev.top_logprobs[k] if ev.top_logprobs else None)
+                                  for k, (t, v) in enumerate(zip(ev.token_ids, ev.logprobs))]}
+            if ev.delta or lp:
+                out.append(chunk([{"index": j, "delta": {"content": ev.delta}, "logprobs": lp, "finish_reason": None}]))
             if ev.finished:
                 c = comps[j] = ev.completion
                 final = {"index": j, "delta": {}, "logprobs": None, "finish_reason": c.finish_reason}
-                if n_top is not None:  # every token's logprobs arrive with the choice's last chunk
-                    final["logprobs"] = chat_logprobs(self.tt, c, 0, len(c.token_ids), n_top)
                 if record:
                     final["answer_id"] = record([c])[0]
                 out.append(chunk([final]))
@@ -512,6 +514,10 @@ class Server:
         return self._stream(ticket, make_chunks, finish)
 
 
+def _join(a: list | None, b: list | None) -> list | None:
+    return None if a is None and b is None else (a or []) + (b or [])
+
+
 def sse_json(chunk: dict) -> str:
     """JSON for one SSE event. ASCII-only: raw U+2028 / U+0085 in model text would be line breaks to clients
     that split the stream with str.splitlines (httpx does), tearing an event in two."""
@@ -519,8 +525,8 @@ def sse_json(chunk: dict) -> str:
 
 
 def merge_deltas(events: list[StreamEvent]) -> list[StreamEvent]:
-    """Consecutive events of one sequence -> one event (their text and tokens joined; finished if the last
-    is). Order across sequences is kept."""
+    """Consecutive events of one sequence -> one event (their text, tokens and logprobs joined; finished if
+    the last is). Order across sequences is kept."""
     out: list[StreamEvent] = []
     last: dict[int, int] = {}  # sequence -> position in out of its open (unfinished) event
     for ev in events:
@@ -528,7 +534,8 @@ def merge_deltas(events: list[StreamEvent]) -> list[StreamEvent]:
         if k is not None:
             prev = out[k]
             out[k] = StreamEvent(ev.index, prev.delta + ev.delta, prev.token_ids + ev.token_ids, ev.finished,
-                                 ev.completion)
+                                 ev.completion, _join(prev.logprobs, ev.logprobs),
+                                 _join(prev.top_logprobs, ev.top_logprobs))
         else:
             out.append(ev)
             k = len(out) - 1

@@ -19,6 +19,7 @@ step is one blocking call kept off the event loop that serves other clients, str
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import multiprocessing as mp
 import queue
@@ -330,7 +331,7 @@ class Scheduler:
                     self._pending -= 1
                     self.finished_requests += 1
                 by_loop.setdefault(ticket.loop, []).append(
-                    (ticket, StreamEvent(pos, ev.delta, ev.token_ids, ev.finished, ev.completion)))
+                    (ticket, dataclasses.replace(ev, index=pos)))
             self.generated_tokens += n_tokens
             self._recent.append((now, n_tokens))
             while self._recent and now - self._recent[0][0] > 60:
