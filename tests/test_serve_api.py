@@ -331,6 +331,10 @@ def test_feedback_api_records_answers_ratings_rankings_and_corrections(server):
     _assert_error(post(server, f"/feedback/answers/{a}/rating", {"value": 5}), 400)
     _assert_error(post(server, f"/feedback/turns/{tid}/ranking", {"answer_ids": [a]}), 400)
     _assert_error(post(server, "/feedback/turns/nope/answers", {"content": "x"}), 404)
+    for stream in (False, True):  # an unknown turn is refused before any generation or streaming
+        _assert_error(post(server, "/v1/chat/completions", {"messages": msgs, "max_tokens": 2, "stream": stream,
+                                                            "store": True, "metadata": {"turn_id": "nope"}}),
+                      404, "metadata.turn_id")
     conv = httpx.get(f"{server}/feedback/conversations/{cid}", headers=auth).json()
     answers = {x["id"]: x for x in conv["turns"][0]["answers"]}
     assert answers[a]["rating"] == 1 and answers[b]["rating"] == -1 and answers[fix]["author"] == "human"

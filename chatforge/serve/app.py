@@ -384,6 +384,8 @@ class Server:
         turn_id = (req.metadata or {}).get("turn_id") if req.store else None
         if turn_id is not None and self.store is None:
             raise ApiError(400, "store: this server has no feedback store", "store")
+        if turn_id is not None and not self.store.has_turn(turn_id):  # before streaming starts, not after
+            raise ApiError(404, f"no turn {turn_id}", "metadata.turn_id", "not_found")
         ticket = self._submit([prompt] * req.n, params)
         cid, created, model = new_id("chatcmpl"), now(), self.opts.model_name
         record = (lambda comps: self._store_answers(turn_id, msgs, params[0], comps)) if turn_id else None

@@ -193,6 +193,10 @@ class FeedbackStore:
         return r.id
 
     # -- reads ----------------------------------------------------------------------------------------------
+    def has_turn(self, turn_id: str) -> bool:
+        with self.session() as s:
+            return s.get(Turn, turn_id) is not None
+
     def list_conversations(self) -> list[dict]:
         with self.session() as s:
             rows = s.scalars(select(Conversation).order_by(Conversation.created_at.desc())).all()
