@@ -164,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default=None)
     p.add_argument("--data", nargs="+", default=None, help=".jsonl/.txt files or folders (default: world/raw)")
 
-    p = sub.add_parser("data", help="tokenise text into train/val token shards")
+    p = sub.add_parser("data", help="tokenise text into train/val token shards (`data report`: the data funnel)")
+    p.add_argument("action", nargs="?", default="build", choices=["build", "report"])
     _add_run(p)
     p.add_argument("--data", nargs="+", default=None, help=".jsonl/.txt files or folders (default: world/raw)")
     p.add_argument("--val-every", type=int, default=50, help="every N-th document goes to validation")
@@ -366,6 +367,11 @@ def main(argv: list[str] | None = None) -> int:
             vocab = args.vocab_size if args.vocab_size is not None else get_preset(_preset_name(args)).vocab_size
             stats = run_tokenizer_stage(args.run, vocab, args.data)
             print(json.dumps(stats, indent=2, ensure_ascii=False))
+        elif args.command == "data" and args.action == "report":
+            from chatforge.data.clean.run import data_report
+            from chatforge.run import require_run
+
+            print(data_report(require_run(args.run)))
         elif args.command == "data":
             from chatforge.data.shards import run_data_stage
 

@@ -216,6 +216,9 @@ def test_cleaning_the_world_against_its_noise_labels(prepared_run):
     funnel = [stats["documents"][s] for s in ("input", "normalise", "lines", "quality", "pii", "dedup", "decontam")]
     assert funnel == sorted(funnel, reverse=True)
     assert (prepared_run / "clean" / "removed" / "dedup.jsonl").is_file()
+    from chatforge.cli import main
+
+    assert main(["data", "report", "--run", str(prepared_run)]) == 0  # the funnel and the shards, printed
 
 
 def test_pareto_rule_keeps_with_probability_two_minus_score_to_the_minus_alpha():

@@ -306,3 +306,23 @@ def format_report(stats: dict) -> str:
                      f"(recall {rp['recall']}); {rp['near_verdicts_labelled']} of {rp['near_verdicts']} near-duplicate "
                      f"verdicts are labelled reposts (the rest are the world's own unlabelled near-identical texts)")
     return "\n".join(lines)
+
+
+def data_report(run: Path) -> str:
+    """`chatforge data report`: the cleaning funnel (if `chatforge clean` ran) and the token shards."""
+    from chatforge.data.shards import read_meta
+
+    parts = []
+    stats_file = stage_dir(run, "clean") / "stats.json"
+    if stats_file.is_file():
+        parts.append("cleaning (clean/stats.json):\n" + format_report(json.loads(stats_file.read_text())))
+    else:
+        parts.append(f"cleaning: not run (chatforge clean --run {run})")
+    data = stage_dir(run, "data")
+    if (data / "meta.json").is_file():
+        meta = read_meta(data)
+        parts.append(f"token shards (data/meta.json): {meta['documents']:,} documents; train {meta['tokens']['train']:,} "
+                     f"+ val {meta['tokens']['val']:,} tokens ({meta['dtype']})")
+    else:
+        parts.append(f"token shards: not built (chatforge data --run {run})")
+    return "\n\n".join(parts)
