@@ -127,17 +127,29 @@ def _safe_prefix_len(text: str, stops: list[str]) -> int:
     return end - hold
 
 
-def check_prompt(prompt: list[int], params: SamplingParams, ctx: int, vocab: int, what: str = "prompt") -> None:
-    """Raise ChatforgeError if a model with context `ctx` and `vocab` ids can't answer this request (bad
-    params, empty or too long prompt, ids outside the vocabulary)."""
-    params.validate()
+class PromptError(ChatforgeError):
+    """A prompt the model can't answer; `code` says why (empty_prompt, context_length_exceeded, invalid_token_id)."""
+
+    def __init__(self, message: str, code: str):
+        super().__init__(message)
+        self.code = code
+
+
+def check_prompt_ids(prompt: list[int], ctx: int, vocab: int, what: str = "prompt") -> None:
+    """Raise PromptError if a model with context `ctx` and `vocab` ids can't answer `prompt`."""
     if not prompt:
-        raise ChatforgeError(f"{what} is empty")
+        raise PromptError(f"{what} is empty", "empty_prompt")
     if len(prompt) >= ctx:
-        raise ChatforgeError(f"{what} has {len(prompt)} tokens; the model's context is {ctx}, so at most "
-                             f"{ctx - 1} prompt tokens leave room for an answer")
+        raise PromptError(f"{what} has {len(prompt)} tokens; the model's context is {ctx}, so at most "
+                          f"{ctx - 1} prompt tokens leave room for an answer", "context_length_exceeded")
     if max(prompt) >= vocab or min(prompt) < 0:
-        raise ChatforgeError(f"{what} has a token id outside the vocabulary (0..{vocab - 1})")
+        raise PromptError(f"{what} has a token id outside the vocabulary (0..{vocab - 1})", "invalid_token_id")
+
+
+def check_prompt(prompt: list[int], params: SamplingParams, ctx: int, vocab: int, what: str = "prompt") -> None:
+    """Raise ChatforgeError if this request can't be answered (bad params or a bad prompt)."""
+    params.validate()
+    check_prompt_ids(prompt, ctx, vocab, what)
 
 
 DECODE_MODES = ("dynamic", "static", "graph")
@@ -160,8 +172,7 @@ class Engine:
         self.dtype = next(model.parameters()).dtype
         self.vocab = model.cfg.vocab_size
         self.default_stop_ids = (tokenizer.eos_id, tokenizer.end_id)
-        table = tokenizer.token_bytes()  # the model's vocab may be padded past the tokenizer's: those are b""
-        self.token_bytes = table + [b""] * max(0, self.vocab - len(table))
+        self.token_bytes = tokenizer.token_bytes(pad_to=self.vocab)
 
     # -- public API -----------------------------------------------------------------------------------------
     def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]) -> list[Completion]:

@@ -97,8 +97,13 @@ class Tokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
 
-    def token_bytes(self) -> list[bytes]:
-        """Raw bytes of every token id (b"" for special tokens), for incremental streaming decode."""
+    def token_bytes(self, pad_to: int = 0) -> list[bytes]:
+        """Raw bytes of every token id (b"" for special tokens), for incremental streaming decode; `pad_to`:
+        a model's vocabulary may be padded past the tokenizer's, and those ids are b"" too."""
+        table = self._byte_table()
+        return table + [b""] * max(0, pad_to - len(table))
+
+    def _byte_table(self) -> list[bytes]:
         if getattr(self, "_token_bytes", None) is None:
             to_byte = {c: b for b, c in byte_level_alphabet().items()}
             table = [b""] * self.vocab_size

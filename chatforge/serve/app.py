@@ -25,7 +25,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Str
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chatforge import ChatforgeError
-from chatforge.engine import Completion, SamplingParams, StreamEvent
+from chatforge.engine import Completion, PromptError, SamplingParams, StreamEvent, check_prompt_ids
 from chatforge.serve.protocol import (
     ApiError,
     ChatRequest,
@@ -292,13 +292,10 @@ class Server:
         return max(1, min(room, self.opts.default_max_tokens or self.opts.max_tokens_limit))
 
     def _check_prompt(self, ids: list[int], param: str) -> None:
-        if not ids:
-            raise ApiError(400, "the prompt is empty", param)
-        if len(ids) >= self.ctx:
-            raise ApiError(400, f"the prompt has {len(ids)} tokens; this model's context is {self.ctx} tokens "
-                                f"(at most {self.ctx - 1} prompt tokens)", param, "context_length_exceeded")
-        if min(ids) < 0 or max(ids) >= self.vocab:
-            raise ApiError(400, f"token ids must be in 0..{self.vocab - 1}", param)
+        try:
+            check_prompt_ids(ids, self.ctx, self.vocab, "the prompt")
+        except PromptError as e:
+            raise ApiError(400, str(e), param, e.code) from None
 
     def _submit(self, prompts: list[list[int]], params: list[SamplingParams]) -> Ticket:
         try:

@@ -163,8 +163,7 @@ class TokenText:
     """Token ids -> the strings and bytes OpenAI's logprobs objects carry."""
 
     def __init__(self, tok: Tokenizer, vocab: int):
-        table = tok.token_bytes()
-        self.bytes = table + [b""] * max(0, vocab - len(table))  # what the token adds to the text
+        self.bytes = tok.token_bytes(pad_to=vocab)  # what each token adds to the text
         # special tokens add no text (b""), but are shown by name ("<|end|>")
         self.shown = [b.decode("utf-8", errors="replace") if b else tok.decode([i], skip_special=False)
                       for i, b in enumerate(self.bytes)]
