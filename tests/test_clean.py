@@ -215,6 +215,11 @@ def test_cleaning_the_world_against_its_noise_labels(prepared_run):
     assert sum("(reposted)" in d["text"] for d in docs) <= reposts["labelled"] - reposts["found"]
     funnel = [stats["documents"][s] for s in ("input", "normalise", "lines", "quality", "pii", "dedup", "decontam")]
     assert funnel == sorted(funnel, reverse=True)
+    from chatforge.tokenizer import Tokenizer
+
+    tok = Tokenizer.load(prepared_run / "tokenizer")  # token counts: with the run's tokenizer
+    assert stats["tokens"]["decontam"] == sum(len(tok.encode(d["text"])) for d in docs)
+    assert stats["tokens"]["input"] > stats["tokens"]["lines"] > stats["tokens"]["dedup"]
     assert (prepared_run / "clean" / "removed" / "dedup.jsonl").is_file()
     from chatforge.cli import main
 

@@ -6,7 +6,7 @@ decontaminated documents, with what each stage removed and why.
     chatforge clean report --run runs/demo
 
 Writes `RUN/clean/docs.jsonl` (the kept documents: id, text, source, lang), `RUN/clean/stats.json` (the
-funnel: documents and characters in / out per stage, removals per reason, dedup parameters, and — when the
+funnel: documents, characters and — when the run has a tokenizer — tokens in / out per stage, removals per reason, dedup parameters, and — when the
 input carries the world's `noise` labels — precision and recall of line removal and near-duplicate
 detection) and `RUN/clean/removed/<stage>.jsonl` (up to 20 examples per reason).
 
@@ -40,10 +40,24 @@ STAGES = ["input", "normalise", "lines", "quality", "pii", "classifier", "dedup"
 EXAMPLES_PER_REASON = 20
 
 
-def clean_batch(docs: list[dict], t2s: bool = False) -> dict:
+_TOKENIZERS: dict[str, object] = {}
+
+
+def count_tokens(tokenizer_dir: str | None, texts: list[str]) -> int:
+    """Tokens of `texts` with the run's tokenizer (loaded once per process); 0 without one."""
+    if not tokenizer_dir or not texts:
+        return 0
+    if tokenizer_dir not in _TOKENIZERS:
+        from chatforge.tokenizer import Tokenizer
+
+        _TOKENIZERS[tokenizer_dir] = Tokenizer.load(tokenizer_dir)
+    return sum(len(ids) for ids in _TOKENIZERS[tokenizer_dir].encode_batch(texts))
+
+
+def clean_batch(docs: list[dict], t2s: bool = False, tokenizer_dir: str | None = None) -> dict:
     """Normalise, drop ad/boilerplate lines, apply the document rules and scrub PII: -> {"kept": [...],
     "removed_docs": [(doc, stage, reason)], "removed_lines": [(doc id, line, reason)], "chars": {...},
-    "pii": Counter}."""
+    "tokens": {...} (with a tokenizer), "pii": Counter}."""
     convert = None
     if t2s:
         from chatforge.data.clean.text import opencc_t2s
@@ -52,26 +66,34 @@ def clean_batch(docs: list[dict], t2s: bool = False) -> dict:
     kept, removed_docs, removed_lines = [], [], []
     chars = Counter()
     pii = Counter()
+    texts: dict[str, list[str]] = defaultdict(list)  # each stage's output, for its token count
     for doc in docs:
         chars["input"] += len(doc["text"])
+        texts["input"].append(doc["text"])
         text = normalise(doc["text"], convert)
         chars["normalise"] += len(text)
+        texts["normalise"].append(text)
         text, gone = clean_lines(text)
         removed_lines += [(doc.get("id"), line, reason) for line, reason in gone]
         if not text:
             removed_docs.append((doc, "lines", "empty_after_line_removal"))
             continue
         chars["lines"] += len(text)
+        texts["lines"].append(text)
         reason = document_reason(text)
         if reason is not None:
             removed_docs.append((doc, "quality", reason))
             continue
         chars["quality"] += len(text)
+        texts["quality"].append(text)
         text, counts = scrub_pii(text)
         pii.update(counts)
         chars["pii"] += len(text)
+        texts["pii"].append(text)
         kept.append({**doc, "text": text})
-    return {"kept": kept, "removed_docs": removed_docs, "removed_lines": removed_lines, "chars": chars, "pii": pii}
+    tokens = Counter({s: count_tokens(tokenizer_dir, t) for s, t in texts.items()}) if tokenizer_dir else Counter()
+    return {"kept": kept, "removed_docs": removed_docs, "removed_lines": removed_lines, "chars": chars,
+            "tokens": tokens, "pii": pii}
 
 
 def read_documents(paths: list[str], text_column: str = "text") -> list[dict]:
@@ -133,15 +155,18 @@ def run_clean(run: str | Path, data: list[str] | None = None, workers: int | Non
     workers = workers or max(1, min(4, (os.cpu_count() or 2)))
     batches = [docs[i:i + batch_size] for i in range(0, len(docs), batch_size)]
     timing: dict[str, float] = {}
+    tok_dir = stage_dir(run, "tokenizer")
+    tok_dir = str(tok_dir) if (tok_dir / "tokenizer.json").is_file() else None  # token counts when one exists
     if workers > 1 and len(batches) > 1:
         with ProcessPoolExecutor(workers) as pool:
-            results = list(pool.map(clean_batch, batches, [t2s] * len(batches)))
+            results = list(pool.map(clean_batch, batches, [t2s] * len(batches), [tok_dir] * len(batches)))
     else:
-        results = [clean_batch(b, t2s) for b in batches]
+        results = [clean_batch(b, t2s, tok_dir) for b in batches]
     timing["normalise..pii"] = time.perf_counter() - t0
 
     kept = [d for r in results for d in r["kept"]]
     chars = sum((r["chars"] for r in results), Counter())
+    tokens = sum((r["tokens"] for r in results), Counter())
     pii = sum((r["pii"] for r in results), Counter())
     removed_docs = [x for r in results for x in r["removed_docs"]]
     removed_lines = [x for r in results for x in r["removed_lines"]]
@@ -167,6 +192,7 @@ def run_clean(run: str | Path, data: list[str] | None = None, workers: int | Non
                             if len(scores) else None}
         timing["classifier"] = time.perf_counter() - tq
     chars["classifier"] = sum(len(d["text"]) for d in kept)
+    tokens["classifier"] = count_tokens(tok_dir, [d["text"] for d in kept])
 
     t1 = time.perf_counter()
     dedup = Deduplicator(threshold=threshold)
@@ -183,6 +209,7 @@ def run_clean(run: str | Path, data: list[str] | None = None, workers: int | Non
     near_pairs = [(d["text"], texts[dup_of[d["id"]][1]]) for d, stage, why in removed_docs if why == "near"]
     verified = sum(exact_jaccard(a, b) >= threshold for a, b in near_pairs)
     chars["dedup"] = sum(len(d["text"]) for d in unique)
+    tokens["dedup"] = count_tokens(tok_dir, [d["text"] for d in unique])
     timing["dedup"] = time.perf_counter() - t1
 
     t2 = time.perf_counter()
@@ -194,6 +221,7 @@ def run_clean(run: str | Path, data: list[str] | None = None, workers: int | Non
         else:
             final.append(d)
     chars["decontam"] = sum(len(d["text"]) for d in final)
+    tokens["decontam"] = count_tokens(tok_dir, [d["text"] for d in final])
     timing["decontam"] = time.perf_counter() - t2
     mixture = None
     if weights:
@@ -211,6 +239,7 @@ def run_clean(run: str | Path, data: list[str] | None = None, workers: int | Non
     for _, _, reason in removed_lines:
         reasons["lines (removed lines)"][reason] += 1
     stats = {"documents": counts, "characters": {s: chars.get(s, 0) for s in STAGES},
+             "tokens": {s: tokens.get(s, 0) for s in STAGES} if tok_dir else None,
              "removed": {k: dict(v) for k, v in reasons.items()}, "pii_scrubbed": dict(pii),
              "skipped_records": dict(skipped), "mixture": mixture,
              "classifier": classifier_stats,
@@ -274,13 +303,15 @@ def _write_examples(folder: Path, removed_docs: list, removed_lines: list) -> No
 
 def format_report(stats: dict) -> str:
     """The funnel: documents and characters left after each stage, removals by reason, label scores."""
-    lines = [f"{'stage':<10} {'docs':>9} {'chars':>12}  removed"]
+    toks = stats.get("tokens")
+    lines = [f"{'stage':<10} {'docs':>9} {'chars':>12} {'tokens':>11}  removed"]
     for s in STAGES:
         why = ", ".join(f"{r} {n}" for r, n in sorted(stats["removed"].get(s, {}).items(), key=lambda x: -x[1]))
         if s == "lines":
             why = ", ".join(f"{r} {n} lines" for r, n in stats["removed"].get("lines (removed lines)", {}).items()) + \
                   (f"; {why}" if why else "")
-        lines.append(f"{s:<10} {stats['documents'][s]:>9,} {stats['characters'][s]:>12,}  {why}")
+        tok = f"{toks[s]:>11,}" if toks else f"{'-':>11}"
+        lines.append(f"{s:<10} {stats['documents'][s]:>9,} {stats['characters'][s]:>12,} {tok}  {why}")
     if stats.get("skipped_records"):
         lines.append("records skipped while reading: " + ", ".join(f"{k} {v}" for k, v in stats["skipped_records"].items()))
     if stats.get("mixture"):
