@@ -184,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", action="append", default=None, metavar="NAME=PATH[:WEIGHT]",
                    help="a named source (jsonl/parquet/txt/html file or folder); with weights, the output is mixed")
     p.add_argument("--text-column", default="text", help="the text field of jsonl / column of parquet")
+    p.add_argument("--keep-fullwidth-punct", action="store_true",
+                   help="keep Chinese full-width punctuation (，：？！…) that NFKC would make ASCII")
 
     p = sub.add_parser("pretrain", help="generative pre-training on the token shards")
     _add_run(p)
@@ -476,7 +478,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print(format_report(run_clean(run, args.data, args.workers, args.t2s, args.threshold,
                                               reference=args.reference, alpha=args.alpha, sources=args.source,
-                                              text_column=args.text_column)))
+                                              text_column=args.text_column,
+                                              keep_fullwidth_punct=args.keep_fullwidth_punct)))
         elif args.command == "serve":
             _cmd_serve(args)
         elif args.command == "feedback":

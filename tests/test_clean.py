@@ -27,6 +27,8 @@ def test_normalise_nfkc_whitespace_and_controls():
     assert normalise("Ｈｅｌｌｏ\u3000 world\r\n\r\n\r\nsecond\u200b line\t\t end ") == "Hello world\n\nsecond line end"
     assert normalise("ﬁne ①") == "fine 1"
     assert normalise("繁體", t2s=lambda s: s.replace("體", "体")) == "繁体"
+    assert normalise("你好，世界！（Ｈｉ）") == "你好,世界!(Hi)"  # NFKC makes full-width punctuation ASCII ...
+    assert normalise("你好，世界！（Ｈｉ）", keep_fullwidth_punct=True) == "你好，世界！（Hi）"  # ... unless kept
     assert han_ratio(ZH_PROSE) > 0.8 and han_ratio(EN_PROSE) == 0
 
 

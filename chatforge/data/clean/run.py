@@ -54,7 +54,8 @@ def count_tokens(tokenizer_dir: str | None, texts: list[str]) -> int:
     return sum(len(ids) for ids in _TOKENIZERS[tokenizer_dir].encode_batch(texts))
 
 
-def clean_batch(docs: list[dict], t2s: bool = False, tokenizer_dir: str | None = None) -> dict:
+def clean_batch(docs: list[dict], t2s: bool = False, tokenizer_dir: str | None = None,
+                keep_fullwidth_punct: bool = False) -> dict:
     """Normalise, drop ad/boilerplate lines, apply the document rules and scrub PII: -> {"kept": [...],
     "removed_docs": [(doc, stage, reason)], "removed_lines": [(doc id, line, reason)], "chars": {...},
     "tokens": {...} (with a tokenizer), "pii": Counter}."""
@@ -70,7 +71,7 @@ def clean_batch(docs: list[dict], t2s: bool = False, tokenizer_dir: str | None =
     for doc in docs:
         chars["input"] += len(doc["text"])
         texts["input"].append(doc["text"])
-        text = normalise(doc["text"], convert)
+        text = normalise(doc["text"], convert, keep_fullwidth_punct)
         chars["normalise"] += len(text)
         texts["normalise"].append(text)
         text, gone = clean_lines(text)
@@ -130,7 +131,8 @@ def mix_sources(docs: list[dict], weights: dict[str, float], seed: int = 0) -> t
 
 def run_clean(run: str | Path, data: list[str] | None = None, workers: int | None = None, t2s: bool = False,
               threshold: float = 0.8, batch_size: int = 2000, reference: list[str] | None = None,
-              alpha: float = 9.0, seed: int = 0, sources: list[str] | None = None, text_column: str = "text") -> dict:
+              alpha: float = 9.0, seed: int = 0, sources: list[str] | None = None, text_column: str = "text",
+              keep_fullwidth_punct: bool = False) -> dict:
     """`data`: files / folders read as they are (each document keeps its own `source`); `sources`:
     NAME=PATH[:WEIGHT] specs — with weights, the output is mixed by them (`mix_sources`). `reference`:
     files of trusted text; when given, a quality classifier (reference vs this input) keeps documents by
@@ -159,9 +161,10 @@ def run_clean(run: str | Path, data: list[str] | None = None, workers: int | Non
     tok_dir = str(tok_dir) if (tok_dir / "tokenizer.json").is_file() else None  # token counts when one exists
     if workers > 1 and len(batches) > 1:
         with ProcessPoolExecutor(workers) as pool:
-            results = list(pool.map(clean_batch, batches, [t2s] * len(batches), [tok_dir] * len(batches)))
+            n = len(batches)
+            results = list(pool.map(clean_batch, batches, [t2s] * n, [tok_dir] * n, [keep_fullwidth_punct] * n))
     else:
-        results = [clean_batch(b, t2s, tok_dir) for b in batches]
+        results = [clean_batch(b, t2s, tok_dir, keep_fullwidth_punct) for b in batches]
     timing["normalise..pii"] = time.perf_counter() - t0
 
     kept = [d for r in results for d in r["kept"]]

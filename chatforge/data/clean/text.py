@@ -19,11 +19,23 @@ _WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?")
 _MOJIBAKE = re.compile(r"[ÃÂâæçåäèéï][\u0080-\u00bf€™œ\u2018-\u201e]|â€")
 
 
-def normalise(text: str, t2s=None) -> str:
+# Chinese full-width punctuation that NFKC would turn into ASCII, and private-use stand-ins that NFKC leaves
+# alone: swapped out before NFKC and back after it when the punctuation is to be kept.
+_FULLWIDTH = "，：；？！（）"
+_KEEP = str.maketrans({c: chr(0xE000 + i) for i, c in enumerate(_FULLWIDTH)})
+_RESTORE = str.maketrans({chr(0xE000 + i): c for i, c in enumerate(_FULLWIDTH)})
+
+
+def normalise(text: str, t2s=None, keep_fullwidth_punct: bool = False) -> str:
     """NFKC (full-width forms, compatibility characters), no control / zero-width characters, one kind of
     newline, runs of spaces collapsed, lines stripped, at most one blank line in a row; `t2s` (a callable,
-    e.g. OpenCC's t2s converter) maps Traditional to Simplified Chinese."""
-    text = unicodedata.normalize("NFKC", text.replace("\r\n", "\n").replace("\r", "\n"))
+    e.g. OpenCC's t2s converter) maps Traditional to Simplified Chinese; `keep_fullwidth_punct` keeps
+    Chinese ，：；？！（） as they are (NFKC would make them ASCII)."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if keep_fullwidth_punct:
+        text = unicodedata.normalize("NFKC", text.translate(_KEEP)).translate(_RESTORE)
+    else:
+        text = unicodedata.normalize("NFKC", text)
     text = _CONTROL.sub("", text)
     if t2s is not None:
         text = t2s(text)
