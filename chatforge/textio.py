@@ -14,15 +14,15 @@ from chatforge import ChatforgeError
 TEXT_SUFFIXES = (".jsonl", ".txt")
 
 
-def list_text_files(paths: list[str | Path]) -> list[Path]:
-    """Expand files and folders into a sorted list of readable text files; error on anything missing."""
+def list_text_files(paths: list[str | Path], suffixes: tuple[str, ...] = TEXT_SUFFIXES) -> list[Path]:
+    """Expand files and folders into a sorted list of files with these suffixes; error on anything missing."""
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            files.extend(sorted(f for f in p.rglob("*") if f.suffix in TEXT_SUFFIXES))
+            files.extend(sorted(f for f in p.rglob("*") if f.suffix in suffixes))
         elif p.is_file():
-            if p.suffix not in TEXT_SUFFIXES:
-                raise ChatforgeError(f"{p}: unsupported text file type {p.suffix!r}; expected {TEXT_SUFFIXES}")
+            if p.suffix not in suffixes:
+                raise ChatforgeError(f"{p}: unsupported file type {p.suffix!r}; expected one of {suffixes}")
             files.append(p)
         else:
             raise ChatforgeError(f"{p}: no such file or folder")

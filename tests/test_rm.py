@@ -147,19 +147,12 @@ def test_held_out_split_is_by_prompt(tok, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def sft_run(prepared_run_template, tmp_path_factory):
-    """The prepared run with a few-step base model, used as an SFT stand-in (--from base)."""
+def sft_run(base_run, tmp_path_factory):
+    """A copy of the shared few-step base model run, used as an SFT stand-in (--from base)."""
     import shutil
 
-    from chatforge.model import ModelConfig
-    from chatforge.train.pretrain import run_pretrain
-
     run = tmp_path_factory.mktemp("rm") / "run"
-    shutil.copytree(prepared_run_template, run)
-    cfg = ModelConfig.preset_style("llama", vocab_size=1024, n_layer=2, d_model=64, n_head=4, n_kv_head=2,
-                                   max_seq_len=128)
-    run_pretrain(run, cfg, TrainConfig(max_steps=20, batch_size=8, seq_len=64, lr=3e-3, warmup_steps=5,
-                                       eval_every=20, eval_batches=1, save_every=20, log_every=10))
+    shutil.copytree(base_run, run)
     return run
 
 

@@ -38,7 +38,7 @@ from chatforge.train import loop
 from chatforge.train.dist import resolve_device
 from chatforge.train.inputs import data_paths, stage_plan, start_model_dir
 from chatforge.train.rm_data import Group, Scored, load_groups
-from chatforge.train.sampler import EpochOrder, global_slot, rank_val_batches
+from chatforge.train.sampler import EpochOrder, GroupTask
 from chatforge.train.sft_data import pack
 
 VAL_EVERY = 10
@@ -87,7 +87,7 @@ def dpo_loss(policy_lp: torch.Tensor, ref_lp: torch.Tensor, pairs: torch.Tensor,
     return (weights * -F.logsigmoid(reward[pairs[:, 0]] - reward[pairs[:, 1]])).sum()
 
 
-class DPOTask:
+class DPOTask(GroupTask):
     def __init__(self, train: list[Group], val: list[Group], ref: dict[int, np.ndarray], seq_len: int, seed: int,
                  pad_id: int, beta: float):
         self.train, self.val, self.ref = train, val, ref  # ref[id(group)] -> reference logprob per conv
@@ -107,28 +107,9 @@ class DPOTask:
                  ref_lp=torch.tensor(ref, dtype=torch.float32), n_groups=torch.tensor(len(groups)))
         return b
 
-    def train_batch(self, step, micro, info, batch_size, grad_accum):
-        slot = global_slot(step, micro, info, grad_accum)
-        return self._batch([self.train[self.order(slot * batch_size + i)] for i in range(batch_size)])
-
     def loss(self, model, batch):
         lp = answer_logprobs(model, batch, len(batch["ref_lp"]))
         return dpo_loss(lp, batch["ref_lp"], batch["pairs"], batch["pair_weight"], self.beta)
-
-    def tokens_in(self, batch) -> int:
-        return int(batch["n_groups"])
-
-    def tokens_processed(self, batch) -> int:
-        return batch["x"].numel()
-
-    def val_batches(self, info, batch_size, n_batches):
-        def padding():  # the same forward as a real batch, with no weight
-            b = self._batch([self.val[0]])
-            b["n_groups"].zero_()
-            b["pair_weight"].zero_()
-            return b
-
-        return rank_val_batches(self.val, info, batch_size, n_batches, self._batch, padding)
 
 
 @torch.no_grad()

@@ -44,7 +44,7 @@ from chatforge.tokenizer import Tokenizer, copy_tokenizer_files
 from chatforge.train import loop
 from chatforge.train.inputs import data_paths, stage_plan, start_model_dir
 from chatforge.train.rm_data import Group, build_group_batch, load_groups
-from chatforge.train.sampler import EpochOrder, global_slot, rank_val_batches
+from chatforge.train.sampler import EpochOrder, GroupTask
 
 VAL_EVERY = 10
 NORM_SAMPLES = 128
@@ -64,7 +64,7 @@ def kwise_loss(rewards: torch.Tensor, pairs: torch.Tensor, weights: torch.Tensor
     return (weights * -F.logsigmoid(diff)).sum()
 
 
-class RMTask:
+class RMTask(GroupTask):
     def __init__(self, train: list[Group], val: list[Group], seq_len: int, seed: int, pad_id: int):
         self.train, self.val, self.seq_len, self.pad_id = train, val, seq_len, pad_id
         self.order = EpochOrder(len(train), seed)
@@ -74,28 +74,9 @@ class RMTask:
         b["n_groups"] = torch.tensor(len(groups))
         return b
 
-    def train_batch(self, step, micro, info, batch_size, grad_accum):
-        slot = global_slot(step, micro, info, grad_accum)
-        return self._batch([self.train[self.order(slot * batch_size + i)] for i in range(batch_size)])
-
     def loss(self, model, batch):
         r = model(batch["x"], segment_ids=batch["seg"], positions=batch["pos"], ends=batch["ends"])
         return kwise_loss(r, batch["pairs"], batch["pair_weight"])
-
-    def tokens_in(self, batch) -> int:
-        return int(batch["n_groups"])  # validation averages over prompts, like the loss
-
-    def tokens_processed(self, batch) -> int:
-        return batch["x"].numel()
-
-    def val_batches(self, info, batch_size, n_batches):
-        def padding():  # the same forward as a real batch, with no weight
-            b = self._batch([self.val[0]])
-            b["n_groups"].zero_()
-            b["pair_weight"].zero_()
-            return b
-
-        return rank_val_batches(self.val, info, batch_size, n_batches, self._batch, padding)
 
 
 def pairwise_accuracy(model: RewardModel, groups: list[Group], pad_id: int) -> dict:

@@ -76,3 +76,29 @@ def rank_val_batches(items: list, info, batch_size: int, n_batches: int, make_ba
     per_rank = math.ceil(math.ceil(total / info.world_size) / batch_size)
     chunks = [[items[g] for g in mine[i * batch_size:(i + 1) * batch_size]] for i in range(per_rank)]
     return [make_batch(c) if c else make_padding() for c in chunks]
+
+
+class GroupTask:
+    """What the RM and DPO tasks share: comparison groups drawn in a seeded epoch order, one micro-batch per
+    global slot, progress counted in groups, and validation padded with weightless copies of a real batch.
+    A subclass sets `train`, `val`, `order` and defines `_batch(groups)` (with "n_groups", "pair_weight")
+    and `loss`."""
+
+    def train_batch(self, step, micro, info, batch_size, grad_accum):
+        slot = global_slot(step, micro, info, grad_accum)
+        return self._batch([self.train[self.order(slot * batch_size + i)] for i in range(batch_size)])
+
+    def tokens_in(self, batch) -> int:
+        return int(batch["n_groups"])  # validation averages over prompts, like the loss
+
+    def tokens_processed(self, batch) -> int:
+        return batch["x"].numel()
+
+    def val_batches(self, info, batch_size, n_batches):
+        def padding():  # the same forward as a real batch, with no weight
+            b = self._batch([self.val[0]])
+            b["n_groups"].zero_()
+            b["pair_weight"].zero_()
+            return b
+
+        return rank_val_batches(self.val, info, batch_size, n_batches, self._batch, padding)

@@ -22,22 +22,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from chatforge import ChatforgeError
+from chatforge.textio import list_text_files
 
 SUFFIXES = (".jsonl", ".parquet", ".txt", ".html", ".htm")
-
-
-def expand(paths: list[str]) -> list[Path]:
-    files: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.suffix in SUFFIXES)
-        elif p.is_file():
-            if p.suffix not in SUFFIXES:
-                raise ChatforgeError(f"{p}: unsupported file type {p.suffix!r} (use {', '.join(SUFFIXES)})")
-            files.append(p)
-        else:
-            raise ChatforgeError(f"{p}: no such file or folder")
-    return files
 
 
 def _read_text(f: Path) -> str:
@@ -107,7 +94,7 @@ def read_sources(sources: dict[str, list[str]], text_column: str = "text") -> tu
     docs: list[dict] = []
     skipped: Counter = Counter()
     for name, paths in sources.items():
-        for f in expand(paths):
+        for f in list_text_files(paths, SUFFIXES):
             for rec in iter_file(f, skipped, text_column):
                 rec.setdefault("source", name or f.stem)
                 if name:

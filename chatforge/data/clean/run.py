@@ -43,15 +43,13 @@ EXAMPLES_PER_REASON = 20
 _TOKENIZERS: dict[str, object] = {}
 
 
-def count_tokens(tokenizer_dir: str | None, texts: list[str]) -> int:
-    """Tokens of `texts` with the run's tokenizer (loaded once per process); 0 without one."""
-    if not tokenizer_dir or not texts:
-        return 0
+def token_lengths(tokenizer_dir: str, texts: list[str]) -> list[int]:
+    """Token count of each text with the run's tokenizer (loaded once per process)."""
     if tokenizer_dir not in _TOKENIZERS:
         from chatforge.tokenizer import Tokenizer
 
         _TOKENIZERS[tokenizer_dir] = Tokenizer.load(tokenizer_dir)
-    return sum(len(ids) for ids in _TOKENIZERS[tokenizer_dir].encode_batch(texts))
+    return [len(ids) for ids in _TOKENIZERS[tokenizer_dir].encode_batch(texts)] if texts else []
 
 
 def clean_batch(docs: list[dict], t2s: bool = False, tokenizer_dir: str | None = None,
@@ -92,7 +90,13 @@ def clean_batch(docs: list[dict], t2s: bool = False, tokenizer_dir: str | None =
         chars["pii"] += len(text)
         texts["pii"].append(text)
         kept.append({**doc, "text": text})
-    tokens = Counter({s: count_tokens(tokenizer_dir, t) for s, t in texts.items()}) if tokenizer_dir else Counter()
+    tokens = Counter()
+    if tokenizer_dir:  # most texts pass a stage unchanged: encode each distinct text once
+        distinct = list({t for ts in texts.values() for t in ts})
+        n = dict(zip(distinct, token_lengths(tokenizer_dir, distinct)))
+        tokens = Counter({s: sum(n[t] for t in ts) for s, ts in texts.items()})
+        for d in kept:
+            d["_tokens"] = n[d["text"]]  # later stages only drop documents: they sum these
     return {"kept": kept, "removed_docs": removed_docs, "removed_lines": removed_lines, "chars": chars,
             "tokens": tokens, "pii": pii}
 
@@ -195,7 +199,7 @@ def run_clean(run: str | Path, data: list[str] | None = None, workers: int | Non
                             if len(scores) else None}
         timing["classifier"] = time.perf_counter() - tq
     chars["classifier"] = sum(len(d["text"]) for d in kept)
-    tokens["classifier"] = count_tokens(tok_dir, [d["text"] for d in kept])
+    tokens["classifier"] = sum(d.get("_tokens", 0) for d in kept)
 
     t1 = time.perf_counter()
     dedup = Deduplicator(threshold=threshold)
@@ -212,7 +216,7 @@ def run_clean(run: str | Path, data: list[str] | None = None, workers: int | Non
     near_pairs = [(d["text"], texts[dup_of[d["id"]][1]]) for d, stage, why in removed_docs if why == "near"]
     verified = sum(exact_jaccard(a, b) >= threshold for a, b in near_pairs)
     chars["dedup"] = sum(len(d["text"]) for d in unique)
-    tokens["dedup"] = count_tokens(tok_dir, [d["text"] for d in unique])
+    tokens["dedup"] = sum(d.get("_tokens", 0) for d in unique)
     timing["dedup"] = time.perf_counter() - t1
 
     t2 = time.perf_counter()
@@ -224,7 +228,7 @@ def run_clean(run: str | Path, data: list[str] | None = None, workers: int | Non
         else:
             final.append(d)
     chars["decontam"] = sum(len(d["text"]) for d in final)
-    tokens["decontam"] = count_tokens(tok_dir, [d["text"] for d in final])
+    tokens["decontam"] = sum(d.get("_tokens", 0) for d in final)
     timing["decontam"] = time.perf_counter() - t2
     mixture = None
     if weights:
