@@ -126,6 +126,30 @@ def test_minhash_estimates_jaccard_and_lsh_finds_near_duplicates():
     assert len(shingle_hashes("one two three")) == 1  # shorter than a shingle: one padded shingle
 
 
+def test_world_copy_groups_are_exactly_the_pairs_above_the_jaccard_threshold():
+    from itertools import combinations
+
+    from chatforge.world.duplicates import duplicate_groups
+
+    rng = np.random.default_rng(1)
+    words = [f"w{i}" for i in range(40)]
+    base = [" ".join(rng.choice(words, 30)) for _ in range(12)]
+    # dropping k of 26 shingles' words puts pairs on both sides of 0.8: k = 5 -> 0.81, k = 6 -> 0.77
+    texts = base + [" ".join(b.split()[k:]) for b in base[:6] for k in (2, 5, 6)] + [b + " tail" for b in base[6:]]
+    texts += [base[0].upper()] + [" ".join(rng.choice(words, 30)) for _ in range(3)]  # a copy, 3 unrelated
+    groups = duplicate_groups(texts, threshold=0.8)
+    js = {(i, j): exact_jaccard(texts[i], texts[j]) for i, j in combinations(range(len(texts)), 2)}
+    assert any(0.8 <= j < 0.82 for j in js.values()) and any(0.75 < j < 0.8 for j in js.values())
+    for (i, j), jac in js.items():  # brute force: every pair at >= 0.8 is in one group
+        if jac >= 0.8:
+            assert groups[i] == groups[j]
+    for i, g in groups.items():  # and every member is linked to another member above the threshold
+        assert any(exact_jaccard(texts[i], texts[k]) >= 0.8 for k, h in groups.items() if h == g and k != i)
+        assert g == min(k for k, h in groups.items() if h == g)
+    assert groups[len(texts) - 4] == groups[0]  # an exact copy (case only) joins its original's group
+    assert len(set(groups.values())) < len(groups) < len(texts)  # there are copies, and unrelated texts left out
+
+
 def test_decontamination_drops_documents_sharing_a_13gram_with_eval():
     index = build_eval_index([{"messages": [{"role": "user", "content": "Where is the Marmidor common? It is seen "
                                                                          "near Rennu on the banks of the Red River."}]}])
@@ -206,7 +230,10 @@ def test_cleaning_the_world_against_its_noise_labels(prepared_run):
     lab = stats["labels"]
     assert lab["line_removal"]["precision"] >= 0.9 and lab["line_removal"]["recall"] >= 0.9
     assert lab["reposts"]["recall"] >= 0.95
+    near = lab["near_duplicates"]  # against every copy the world made, by exact Jaccard (world/duplicates.py)
+    assert near["precision"] >= 0.95 and near["recall"] >= 0.95 and near["verdicts"] > 100
     assert stats["dedup"]["exact_jaccard_precision"] == 1.0
+    assert 0 < stats["dedup"]["lsh_candidates_below_threshold"] < stats["dedup"]["lsh_candidates"]
     removed = stats["removed"]
     assert removed["quality"]["no_stopwords"] > 0 and removed["quality"]["mojibake"] > 0  # spam, mojibake
     docs = [json.loads(x) for x in (prepared_run / "clean" / "docs.jsonl").read_text().split("\n") if x]

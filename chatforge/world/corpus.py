@@ -4,6 +4,8 @@ text, code, arithmetic with worked solutions, and labelled web noise.
 Only known (not held-out) entities and training templates appear here. Every record is
 {"id", "text", "source", "lang", "noise"}; `noise` is null for clean text, else a dict naming the kind
 (ad, boilerplate, spam, near_duplicate, mojibake) and what was added, so a cleaning pipeline can be scored.
+Documents that are exact or near copies of another (labelled reposts and the copies a templated world makes
+by itself) also carry "dup_group": the id of the group's first document (see world/duplicates.py).
 """
 
 from __future__ import annotations
@@ -242,6 +244,35 @@ def add_noise(doc: dict, rng: random.Random, w: World, earlier: list[dict]) -> d
     return {**doc, "text": garbled, "noise": {"type": "mojibake"}}
 
 
+def underlying_text(doc: dict) -> str:
+    """The document as it was before noise was spliced in: ad / navigation lines taken out again, mojibake
+    decoded back (both garblings are reversible; the apostrophe one changes nothing in a text without
+    apostrophes, and such a "mojibake" document is a real document that should pass every filter)."""
+    noise, text = doc["noise"], doc["text"]
+    if noise is None:
+        return text
+    if noise["type"] in ("ad", "boilerplate"):
+        lines = text.split("\n")
+        for added in noise["added_lines"]:
+            lines.remove(added)
+        return "\n".join(lines)
+    if noise["type"] == "mojibake":
+        try:
+            return text.encode("latin-1").decode("utf-8")
+        except (UnicodeEncodeError, UnicodeDecodeError):
+            return text.replace("\u00e2\u20ac\u2122", "'")
+    return text
+
+
+def label_duplicates(docs: list[dict], threshold: float = 0.8) -> None:
+    """Add "dup_group" to every document that has an exact or near copy (exact 5-gram Jaccard >= threshold
+    of the underlying texts): the ground truth a near-duplicate detector's precision is measured against."""
+    from chatforge.world.duplicates import duplicate_groups
+
+    for i, group in duplicate_groups([underlying_text(d) for d in docs], threshold).items():
+        docs[i]["dup_group"] = docs[group]["id"]
+
+
 def pretraining_documents(w: World, rng: random.Random, n_docs: int, noise_fraction: float) -> list[dict]:
     kinds = list(MIX)
     weights = [MIX[k] for k in kinds]
@@ -255,4 +286,5 @@ def pretraining_documents(w: World, rng: random.Random, n_docs: int, noise_fract
             clean = [d for d in docs[-200:] if d["noise"] is None]
             doc = add_noise(doc, rng, w, clean)
         docs.append(doc)
+    label_duplicates(docs)
     return docs

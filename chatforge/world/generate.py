@@ -114,6 +114,8 @@ def generate_world(run_dir: str | Path, seed: int = 0, size: str = "tiny", label
         "characters": {s: sum(len(d["text"]) for d in r) for s, r in sorted(by_source.items())},
         "noise": {k: sum(1 for d in docs if (d["noise"] or {}).get("type") == k)
                   for k in ("ad", "boilerplate", "spam", "near_duplicate", "mojibake")},
+        "documents_with_copies": sum(1 for d in docs if "dup_group" in d),
+        "duplicate_groups": len({d["dup_group"] for d in docs if "dup_group" in d}),
         "sft": {t: sum(1 for e in sft if e["task"] == t) for t in sorted({e["task"] for e in sft})},
         "rankings": len(ranked), "labeler_agreement": labeler_agreement(ranked), "prompts": len(prompts),
         "eval": {t: len(v) for t, v in evals.items()}, "eval_dropped_by_decontamination": dropped,

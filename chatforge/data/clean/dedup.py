@@ -90,6 +90,7 @@ class Deduplicator:
         self.signatures: dict[object, np.ndarray] = {}
         self.verify = verify
         self.shingles: dict[object, np.ndarray] = {}
+        self.candidates = self.rejected = 0  # LSH candidate pairs, and those the check found below threshold
 
     @property
     def params(self) -> dict:
@@ -116,6 +117,8 @@ class Deduplicator:
                 j = inter / (len(sh) + len(other) - inter)
             else:
                 j = float(np.mean(self.signatures[cand] == sig))
+            self.candidates += 1
+            self.rejected += j < self.threshold
             if j >= self.threshold and (best is None or j > best[1]):
                 best = (cand, j)
         if best is not None:

@@ -203,6 +203,7 @@ def run_clean(run: str | Path, data: list[str] | None = None, workers: int | Non
 
     t1 = time.perf_counter()
     dedup = Deduplicator(threshold=threshold)
+    reached_dedup = {d["id"] for d in kept}
     unique, dup_of, texts = [], {}, {}
     for d in kept:
         verdict = dedup.check(d["id"], d["text"])
@@ -250,11 +251,12 @@ def run_clean(run: str | Path, data: list[str] | None = None, workers: int | Non
              "removed": {k: dict(v) for k, v in reasons.items()}, "pii_scrubbed": dict(pii),
              "skipped_records": dict(skipped), "mixture": mixture,
              "classifier": classifier_stats,
-             "dedup": {**dedup.params, "near_verdicts": len(near_pairs),
+             "dedup": {**dedup.params, "near_verdicts": len(near_pairs), "lsh_candidates": dedup.candidates,
+                       "lsh_candidates_below_threshold": dedup.rejected,
                        "exact_jaccard_precision": round(verified / len(near_pairs), 4) if near_pairs else None},
              "decontam": {"eval_ngrams": len(index), "n": 13},
              "workers": workers, "seconds": {k: round(v, 2) for k, v in timing.items()},
-             "labels": score_against_labels(docs, removed_lines, dup_of)}
+             "labels": score_against_labels(docs, removed_lines, dup_of, reached_dedup)}
     _write_examples(out / "removed", removed_docs, removed_lines)
     tmp = out / "docs.jsonl.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -265,9 +267,11 @@ def run_clean(run: str | Path, data: list[str] | None = None, workers: int | Non
     return stats
 
 
-def score_against_labels(docs: list[dict], removed_lines: list, dup_of: dict) -> dict | None:
-    """Precision / recall of line removal (ads, boilerplate) and near-duplicate detection against the world's
-    `noise` labels; None when the input has no labels."""
+def score_against_labels(docs: list[dict], removed_lines: list, dup_of: dict, reached_dedup: set) -> dict | None:
+    """Precision / recall of line removal (ads, boilerplate) and of deduplication against the world's labels;
+    None when the input has no labels. Reposts (`noise.type == near_duplicate`) give the repost recall;
+    `dup_group` (every exact or near copy, the world's own included, by exact Jaccard — world/duplicates.py)
+    gives the precision of the near-duplicate verdicts and the recall of all copies."""
     labelled = [d for d in docs if "noise" in d]
     if not labelled:
         return None
@@ -285,11 +289,18 @@ def score_against_labels(docs: list[dict], removed_lines: list, dup_of: dict) ->
     def ratio(a, b):
         return round(a / b, 4) if b else None
 
-    return {"line_removal": {"labelled": len(added), "removed": len(removed), "correct": tp,
-                             "precision": ratio(tp, len(removed)), "recall": ratio(tp, len(added))},
-            "reposts": {"labelled": len(dups), "found": len(found), "recall": ratio(len(found), len(dups)),
-                        "near_verdicts": len(near), "near_verdicts_labelled": len(dups & set(near)),
-                        "label_precision": ratio(len(dups & set(near)), len(near))}}
+    out = {"line_removal": {"labelled": len(added), "removed": len(removed), "correct": tp,
+                            "precision": ratio(tp, len(removed)), "recall": ratio(tp, len(added))},
+           "reposts": {"labelled": len(dups), "found": len(found), "recall": ratio(len(found), len(dups))}}
+    group = {d["id"]: d["dup_group"] for d in labelled if "dup_group" in d}
+    if group:  # worlds made before the copies were labelled have reposts only
+        right = sum(1 for k, (_, first) in near.items() if k in group and group[k] == group.get(first))
+        sizes = Counter(group[i] for i in reached_dedup if i in group)  # copies left when dedup starts
+        should = sum(n - 1 for n in sizes.values())
+        caught = sum(1 for k, (_, first) in dup_of.items() if k in group and group[k] == group.get(first))
+        out["near_duplicates"] = {"verdicts": len(near), "correct": right, "precision": ratio(right, len(near)),
+                                  "copies_reaching_dedup": should, "removed": caught, "recall": ratio(caught, should)}
+    return out
 
 
 def _write_examples(folder: Path, removed_docs: list, removed_lines: list) -> None:
@@ -336,13 +347,20 @@ def format_report(stats: dict) -> str:
                  f"rows, threshold {d['threshold']}")
     lines[-1] += (f"; {d['near_verdicts']} near verdicts, {100 * d['exact_jaccard_precision']:.1f}% of them at exact "
                   f"Jaccard >= {d['threshold']}" if d.get("exact_jaccard_precision") is not None else "")
+    if d.get("lsh_candidates"):
+        lines[-1] += (f"; LSH candidates {d['lsh_candidates']:,}, {d['lsh_candidates_below_threshold']:,} of them "
+                      f"rejected by the exact check")
     lab = stats.get("labels")
     if lab:
         lr, rp = lab["line_removal"], lab["reposts"]
         lines.append(f"vs the world's labels: ad/boilerplate lines precision {lr['precision']} recall {lr['recall']} "
                      f"({lr['correct']}/{lr['labelled']}); labelled reposts found {rp['found']}/{rp['labelled']} "
-                     f"(recall {rp['recall']}); {rp['near_verdicts_labelled']} of {rp['near_verdicts']} near-duplicate "
-                     f"verdicts are labelled reposts (the rest are the world's own unlabelled near-identical texts)")
+                     f"(recall {rp['recall']})")
+        nd = lab.get("near_duplicates")
+        if nd:
+            lines.append(f"vs the world's copy groups (exact Jaccard): near-duplicate verdicts precision {nd['precision']} "
+                         f"({nd['correct']}/{nd['verdicts']}); copies removed {nd['removed']}/{nd['copies_reaching_dedup']} "
+                         f"(recall {nd['recall']})")
     return "\n".join(lines)
 
 
