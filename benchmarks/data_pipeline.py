@@ -79,9 +79,13 @@ def main() -> None:
         for i, d in enumerate(ds):
             dd.check(i, d)
 
-    def shards(ds):
+    def shards(ds, tokenizer=tok):
         with tempfile.TemporaryDirectory() as tmp:
-            write_shards(ds, tok, tmp)
+            write_shards(ds, tokenizer, tmp, progress=False)
+
+    fast = tok.fast_encoder
+    hf_only = Tokenizer(tok.hf)
+    hf_only._fast = None  # the HF `tokenizers` path, which any non-chatforge tokenizer takes
 
     stages = [
         ("normalise", lambda ds: [normalise(d) for d in ds], "unicodedata NFKC",
@@ -92,7 +96,11 @@ def main() -> None:
         ("MinHash signature", lambda ds: [hasher.signature(shingle_hashes(d)) for d in ds],
          "datasketch update_batch", datasketch_plain),
         ("dedup (sig + LSH + verify)", lsh, None, None),
-        ("tokenise to shards", shards, "tokenizer.encode_batch", lambda ds: tok.encode_batch(ds)),
+        ("tokenise to shards", shards, "tiktoken encode_ordinary" if fast else "HF encode_batch",
+         (lambda ds: [fast.encode_ordinary(d) for d in ds]) if fast else
+         (lambda ds: tok.hf.encode_batch(ds, add_special_tokens=False))),
+        ("tokenise to shards (HF path)", lambda ds: shards(ds, hf_only), "HF encode_batch",
+         lambda ds: tok.hf.encode_batch(ds, add_special_tokens=False)),
     ]
     print(f"data_pipeline: {len(docs)} documents, {mb:.2f} MB ({1000 * mb / len(docs):.2f} KB/doc), one process")
     print(f"{'stage':<28} {'docs/s':>9} {'MB/s':>7}   {'plain call':<26} {'docs/s':>9} {'ours/plain':>10}")

@@ -16,6 +16,10 @@ Design choices:
 - Chat format: <|bos|> then, per message, <|role|>content<|end|>; a generation prompt ends with
   <|assistant|>. Content sits directly between special tokens, so its ids don't depend on context and the
   template's ids equal the concatenation of the parts (which SFT needs for exact label masks).
+- Encoding runs on `tiktoken` when the tokenizer is one of ours (this pre-tokeniser, byte-level BPE whose
+  merges are in id order): the same ids as HF `tokenizers` (tested on the world and on mixed text), ~2.8x
+  faster per core (10.5 vs 3.7 MB/s on the world), which is what makes tokenising to shards >= 5 MB/s per
+  core. Any other tokenizer (GPT-2, Qwen2, SentencePiece imports) uses HF. `CHATFORGE_TIKTOKEN=0` turns it off.
 - One known difference from HF: `apply_chat_template` in `transformers` renders text and then parses
   special-token strings anywhere in it, message content included, so content containing "<|end|>" gets a
   real <|end|> there. Ours never does (tested). Serve through chatforge, or sanitise content, to be safe.
@@ -92,10 +96,51 @@ class Tokenizer:
         return self.hf.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str) -> list[int]:
-        return self.hf.encode(text, add_special_tokens=False).ids
+        fast = self.fast_encoder
+        return fast.encode_ordinary(text) if fast else self.hf.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        fast = self.fast_encoder
+        if fast:  # a loop beats tiktoken's thread pool on one core; use encode_batch_parallel for several
+            return [fast.encode_ordinary(t) for t in texts]
         return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
+
+    @property
+    def fast_encoder(self):
+        """A tiktoken Encoding giving exactly our ids, or None (not one of our tokenizers, tiktoken missing,
+        or CHATFORGE_TIKTOKEN=0). tiktoken merges the adjacent pair whose joined bytes have the lowest rank;
+        HF applies the merge listed first. With rank = id and ids increasing along the merge list the two
+        agree, which is checked here rather than assumed."""
+        if not hasattr(self, "_fast"):
+            self._fast = self._build_fast_encoder()
+        return self._fast
+
+    def _build_fast_encoder(self):
+        import os
+
+        if os.environ.get("CHATFORGE_TIKTOKEN", "1") == "0":
+            return None
+        try:
+            import tiktoken
+        except ImportError:
+            return None
+        spec = json.loads(self.hf.to_str())
+        pre, model = spec.get("pre_tokenizer") or {}, spec.get("model") or {}
+        ours = [{"type": "Split", "pattern": {"Regex": SPLIT_PATTERN}, "behavior": "Isolated", "invert": False},
+                {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]
+        if (spec.get("normalizer") is not None or pre.get("type") != "Sequence" or pre.get("pretokenizers") != ours
+                or model.get("type") != "BPE" or model.get("byte_fallback") or model.get("ignore_merges")):
+            return None
+        vocab = model["vocab"]
+        merged = [vocab.get(a + b) if isinstance(a, str) else None
+                  for a, b in (m if isinstance(m, list) else m.split(" ", 1) for m in model["merges"])]
+        if None in merged or any(x >= y for x, y in zip(merged, merged[1:])):
+            return None  # merges not in id order: ranks would not reproduce HF's choices
+        table, special = self._byte_table(), set(self.special_ids.values())
+        ranks = {b: i for i, b in enumerate(table) if i not in special}
+        if len(ranks) != len(table) - len(special):  # two ids with the same bytes
+            return None
+        return tiktoken.Encoding("chatforge", pat_str=SPLIT_PATTERN, mergeable_ranks=ranks, special_tokens={})
 
     def token_bytes(self, pad_to: int = 0) -> list[bytes]:
         """Raw bytes of every token id (b"" for special tokens), for incremental streaming decode; `pad_to`:

@@ -138,3 +138,31 @@ def test_empty_corpus_is_a_clear_error():
 def test_missing_tokenizer_is_a_clear_error(tmp_path):
     with pytest.raises(ChatforgeError, match="chatforge tokenizer"):
         Tokenizer.load(tmp_path)
+
+
+def test_tiktoken_fast_path_gives_exactly_the_hf_ids(tok, monkeypatch):
+    assert tok.fast_encoder is not None  # one of ours: tiktoken encodes
+    rng = random.Random(2)
+    pieces = CORPUS[:4] + ["It's <|eos|> and <|user|> as text", "  \n\n\t x", "1234567 + 89 = ?", "🙂é\x00\u200b",
+                           "don'T WE'LL they've", "笼子里有鸡和兔！！ 卡洛卡洛卡洛"]
+    texts = pieces + ["".join(rng.choice(pieces)[rng.randrange(20):] for _ in range(4)) for _ in range(300)]
+    texts += [bytes(rng.randrange(256) for _ in range(80)).decode("utf-8", errors="replace") for _ in range(100)]
+    hf = [e.ids for e in tok.hf.encode_batch(texts, add_special_tokens=False)]
+    assert tok.encode_batch(texts) == hf and [tok.encode(t) for t in texts] == hf
+    monkeypatch.setenv("CHATFORGE_TIKTOKEN", "0")
+    assert Tokenizer(tok.hf).fast_encoder is None  # switched off: HF encodes
+
+
+def test_tiktoken_fast_path_only_for_tokenizers_it_reproduces(tok):
+    import json
+
+    from tokenizers import Tokenizer as HFTokenizer
+
+    spec = json.loads(tok.hf.to_str())
+    spec["model"]["merges"] = spec["model"]["merges"][::-1]  # merge order no longer the id order
+    reordered = Tokenizer(HFTokenizer.from_str(json.dumps(spec)))
+    assert reordered.fast_encoder is None
+    assert reordered.encode("The town of Kalo") == reordered.hf.encode("The town of Kalo", add_special_tokens=False).ids
+    spec = json.loads(tok.hf.to_str())
+    spec["pre_tokenizer"]["pretokenizers"][1]["use_regex"] = True  # a different pre-tokeniser (GPT-2's)
+    assert Tokenizer(HFTokenizer.from_str(json.dumps(spec))).fast_encoder is None
