@@ -3,8 +3,9 @@
     chatforge pipeline --run runs/demo --preset tiny      # every stage, skipping completed ones
     chatforge world     --run runs/demo --size tiny
     chatforge tokenizer --run runs/demo --vocab-size 4096
-    chatforge data      --run runs/demo
     chatforge clean     --run runs/demo       # raw text -> cleaned, deduplicated documents; `clean report`
+    chatforge data      --run runs/demo       # -> token shards (of the cleaned text once cleaned); `data report`
+    chatforge data      --run runs/mine --source web=crawl/:0.6 --source books=books.parquet:0.4   # clean, mix, shard
     chatforge pretrain  --run runs/demo --max-steps 600
     chatforge chat      --run runs/demo --stage base
     chatforge eval      --run runs/demo --stage base
@@ -45,6 +46,30 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                    const=True, default=None, help="recompute activations in backward to save memory")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override any model./train./sft./rm./dpo./ppo. field, e.g. --set model.n_layer=6 --set sft.max_steps=100")
+
+
+def _add_clean_flags(p) -> None:
+    p.add_argument("--data", nargs="+", default=None,
+                   help=".jsonl/.parquet/.txt/.html files or folders (default: world/raw)")
+    p.add_argument("--workers", type=int, default=None, help="local processes for the per-document stages")
+    p.add_argument("--t2s", action="store_true", help="convert Traditional to Simplified Chinese (needs opencc)")
+    p.add_argument("--threshold", type=float, default=0.8, help="near-duplicate Jaccard threshold")
+    p.add_argument("--reference", nargs="+", default=None,
+                   help="trusted text (.jsonl/.txt): trains the quality classifier, keeps documents by Pareto rule")
+    p.add_argument("--alpha", type=float, default=9.0, help="the Pareto rule's alpha (GPT-3: 9)")
+    p.add_argument("--source", action="append", default=None, metavar="NAME=PATH[:WEIGHT]",
+                   help="a named source (jsonl/parquet/txt/html file or folder); with weights, the output is mixed")
+    p.add_argument("--text-column", default="text", help="the text field of jsonl / column of parquet")
+    p.add_argument("--keep-fullwidth-punct", action="store_true",
+                   help="keep Chinese full-width punctuation (，：？！…) that NFKC would make ASCII")
+
+
+def _clean_from_args(run, args) -> dict:
+    from chatforge.data.clean.run import run_clean
+
+    return run_clean(run, args.data, args.workers, args.t2s, args.threshold, reference=args.reference,
+                     alpha=args.alpha, sources=args.source, text_column=args.text_column,
+                     keep_fullwidth_punct=args.keep_fullwidth_punct)
 
 
 def _preset_name(args) -> str:
@@ -139,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until", default=None, help="stop after this stage")
     p.add_argument("--force", action="store_true", help="re-run stages even if complete")
     p.add_argument("--data", nargs="+", default=None, help="your own .jsonl/.txt corpus instead of the world")
+    p.add_argument("--no-clean", action="store_true",
+                   help="skip the cleaning stage: the tokenizer and pre-training read the raw text")
+    p.add_argument("--workers", type=int, default=None, help="local processes for the cleaning stage")
     p.add_argument("--world-seed", type=int, default=0)
     p.add_argument("--sft-data", nargs="+", default=None, help="conversations for SFT (default world/sft.jsonl)")
     _add_sft_flags(p, data=False)
@@ -162,30 +190,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(p)
     p.add_argument("--vocab-size", type=int, default=None, help="default: the preset's")
     p.add_argument("--preset", default=None)
-    p.add_argument("--data", nargs="+", default=None, help=".jsonl/.txt files or folders (default: world/raw)")
+    p.add_argument("--data", nargs="+", default=None, help=".jsonl/.txt files or folders (default: clean/docs.jsonl once the run is cleaned, else world/raw)")
 
-    p = sub.add_parser("data", help="tokenise text into train/val token shards (`data report`: the data funnel)")
+    p = sub.add_parser("data", help="token shards of the run's text (`data report`: the data funnel); with "
+                                    "--clean / --source it cleans and mixes the raw text first")
     p.add_argument("action", nargs="?", default="build", choices=["build", "report"])
     _add_run(p)
-    p.add_argument("--data", nargs="+", default=None, help=".jsonl/.txt files or folders (default: world/raw)")
     p.add_argument("--val-every", type=int, default=50, help="every N-th document goes to validation")
+    p.add_argument("--clean", action="store_true", help="clean --data / --source / world/raw first (as `chatforge "
+                                                          "clean`), then shard the cleaned documents")
+    p.add_argument("--raw", action="store_true", help="shard world/raw even if the run has been cleaned")
+    p.add_argument("--preset", default=None, help="vocabulary size of the tokenizer trained when the run has none")
+    _add_clean_flags(p)
 
     p = sub.add_parser("clean", help="clean raw text: normalise, line/doc filters, PII, dedup, decontamination")
     p.add_argument("action", nargs="?", default="run", choices=["run", "report"])
     _add_run(p)
-    p.add_argument("--data", nargs="+", default=None,
-                   help=".jsonl/.parquet/.txt/.html files or folders (default: world/raw)")
-    p.add_argument("--workers", type=int, default=None, help="local processes for the per-document stages")
-    p.add_argument("--t2s", action="store_true", help="convert Traditional to Simplified Chinese (needs opencc)")
-    p.add_argument("--threshold", type=float, default=0.8, help="near-duplicate Jaccard threshold")
-    p.add_argument("--reference", nargs="+", default=None,
-                   help="trusted text (.jsonl/.txt): trains the quality classifier, keeps documents by Pareto rule")
-    p.add_argument("--alpha", type=float, default=9.0, help="the Pareto rule's alpha (GPT-3: 9)")
-    p.add_argument("--source", action="append", default=None, metavar="NAME=PATH[:WEIGHT]",
-                   help="a named source (jsonl/parquet/txt/html file or folder); with weights, the output is mixed")
-    p.add_argument("--text-column", default="text", help="the text field of jsonl / column of parquet")
-    p.add_argument("--keep-fullwidth-punct", action="store_true",
-                   help="keep Chinese full-width punctuation (，：？！…) that NFKC would make ASCII")
+    _add_clean_flags(p)
 
     p = sub.add_parser("pretrain", help="generative pre-training on the token shards")
     _add_run(p)
@@ -314,6 +335,38 @@ def _cmd_sample(args) -> None:
         print(prompt + continue_text(engine, prompt, **kw))
 
 
+def _cmd_data(args) -> None:
+    """`chatforge data`: token shards; with --clean / --source the raw text is cleaned (and mixed) first, and a
+    tokenizer is trained on the cleaned documents when the run has none."""
+    from pathlib import Path
+
+    from chatforge.config import get_preset
+    from chatforge.data.clean.run import format_report
+    from chatforge.data.shards import run_data_stage
+    from chatforge.run import is_complete, read_stage_info, require_run, stage_dir
+    from chatforge.tokenizer import run_tokenizer_stage
+
+    clean_first = args.clean or bool(args.source)
+    if clean_first and args.raw:
+        raise ChatforgeError("--raw shards the uncleaned text; it cannot go with --clean / --source")
+    if clean_first:
+        run = Path(args.run)
+        run.mkdir(parents=True, exist_ok=True)
+        print(format_report(_clean_from_args(run, args)), flush=True)
+        tok = stage_dir(run, "tokenizer")
+        if not is_complete(tok):
+            vocab = get_preset(_preset_name(args)).vocab_size
+            print(f"the run has no tokenizer: training one ({vocab} tokens) on the cleaned documents", flush=True)
+            run_tokenizer_stage(run, vocab, cleaned=True)
+        elif not read_stage_info(tok).get("settings", {}).get("cleaned"):
+            print(f"note: {tok} was trained on other text than these cleaned documents; `chatforge tokenizer "
+                  f"--run {run}` retrains it on them", flush=True)
+        meta = run_data_stage(run, None, args.val_every, cleaned=True)
+    else:
+        meta = run_data_stage(require_run(args.run), args.data, args.val_every, cleaned=False if args.raw else None)
+    print(f"token shards: {meta['tokens']} tokens ({meta['dtype']}), {meta['documents']} documents")
+
+
 def _cmd_serve(args) -> None:
     import uvicorn
 
@@ -347,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
                          model_overrides=model_over, seed=args.world_seed, init_from=args.init_from,
                          sft=_sft_options(args, pipeline=True), ppo=ppo,
                          feedback=FeedbackMix(tuple(s.strip() for s in args.feedback_stages.split(",") if s.strip()),
-                                              args.feedback_weight, args.feedback_db) if args.with_feedback else None)
+                                              args.feedback_weight, args.feedback_db) if args.with_feedback else None,
+                         clean=not args.no_clean, workers=args.workers)
             from chatforge.run import stage_dir
 
             base, sft = stage_dir(args.run, "pretrain"), stage_dir(args.run, "sft")
@@ -375,10 +429,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print(data_report(require_run(args.run)))
         elif args.command == "data":
-            from chatforge.data.shards import run_data_stage
-
-            meta = run_data_stage(args.run, args.data, args.val_every)
-            print(f"token shards: {meta['tokens']} tokens ({meta['dtype']}), {meta['documents']} documents")
+            _cmd_data(args)
         elif args.command == "pretrain":
             from chatforge.run import is_main_process
             from chatforge.train.pretrain import run_pretrain
@@ -466,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
             session = ChatSession(Engine(load_model(folder), Tokenizer.load(folder)), args.system, params)
             run_terminal_chat(session)
         elif args.command == "clean":
-            from chatforge.data.clean.run import format_report, run_clean
+            from chatforge.data.clean.run import format_report
             from chatforge.run import require_run, stage_dir
 
             run = require_run(args.run)
@@ -476,10 +527,7 @@ def main(argv: list[str] | None = None) -> int:
                     raise ChatforgeError(f"{f}: no cleaning run yet; run `chatforge clean --run {run}` first")
                 print(format_report(json.loads(f.read_text())))
             else:
-                print(format_report(run_clean(run, args.data, args.workers, args.t2s, args.threshold,
-                                              reference=args.reference, alpha=args.alpha, sources=args.source,
-                                              text_column=args.text_column,
-                                              keep_fullwidth_punct=args.keep_fullwidth_punct)))
+                print(format_report(_clean_from_args(run, args)))
         elif args.command == "serve":
             _cmd_serve(args)
         elif args.command == "feedback":

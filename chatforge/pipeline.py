@@ -3,9 +3,10 @@
     chatforge pipeline --run runs/demo --preset tiny [--until pretrain] [--force] [--max-steps N]
     chatforge pipeline --run runs/qwen --init-from /models/Qwen2-0.5B --data corpus.jsonl   # from a checkpoint
 
-Stages: world -> tokenizer -> data -> pretrain -> sft -> rm -> ppo -> dpo -> eval.
-The tokenizer is trained before the token shards are written (the shards need its ids); the
-text-cleaning part of the data stage will run before the tokenizer once it exists.
+Stages: world -> clean -> tokenizer -> data -> pretrain -> sft -> rm -> ppo -> dpo -> eval.
+The raw text (the world's, or --data) is cleaned first (`chatforge clean`: filters, PII, dedup,
+decontamination; --no-clean skips it), the tokenizer learns from the cleaned text, and the data stage writes
+its token shards (and completes the cleaning funnel's token counts, which need the tokenizer).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from chatforge import ChatforgeError
 from chatforge.config import Preset
 from chatforge.run import read_stage_info, stage_dir, write_run_info
 
-STAGES = ["world", "tokenizer", "data", "pretrain", "sft", "rm", "ppo", "dpo", "eval"]
+STAGES = ["world", "clean", "tokenizer", "data", "pretrain", "sft", "rm", "ppo", "dpo", "eval"]
 
 
 def _brief(stage: str, result) -> str:
@@ -31,6 +32,16 @@ def _brief(stage: str, result) -> str:
         return f" (vocab {result['vocab_size']}, chars/token: " + ", ".join(f"{k} {v}" for k, v in cpt.items()) + ")"
     if stage == "data":
         return f" (tokens: train {result['train']:,}, val {result['val']:,})"
+    if stage == "clean":
+        docs, chars = result["documents"], result["characters"]
+        text = (f" (documents {docs['input']:,} -> {docs['decontam']:,}, characters {chars['input']:,} -> "
+                f"{chars['decontam']:,}")
+        labels = result.get("labels") or {}
+        if labels.get("near_duplicates"):
+            nd, lr = labels["near_duplicates"], labels["line_removal"]
+            text += (f"; vs the world's labels: ad/boilerplate lines P {lr['precision']:.2f} R {lr['recall']:.2f}, "
+                     f"copies P {nd['precision']:.2f} R {nd['recall']:.2f}")
+        return text + ")"
     if stage == "eval":
         return ""  # the tables are printed by the stage
     if stage == "sft":
@@ -87,13 +98,17 @@ def mix_feedback(run: Path, mix: FeedbackMix, sft, rm, dpo) -> str:
 def run_pipeline(run: str | Path, preset_name: str, preset: Preset, until: str | None = None,
                  force: bool = False, data: list[str] | None = None, model_overrides: dict | None = None,
                  seed: int = 0, init_from: str | None = None, sft=None, ppo=None,
-                 feedback: FeedbackMix | None = None) -> dict:
+                 feedback: FeedbackMix | None = None, clean: bool = True, workers: int | None = None) -> dict:
     """Run the stages in order. A complete stage is skipped when it was made with the settings asked for
     now; if they differ, stop with the difference (nothing is overwritten) unless `force`. Once a stage
     runs, every later stage is rebuilt from scratch, since its inputs changed. `init_from` (a local HF
     folder): its tokenizer replaces the trained one and pre-training continues from its weights. `sft`:
     SFTOptions for the instruction-tuning stage (default: the world's demonstrations). `feedback`: the
-    flywheel: export the feedback store and retrain its stages (rm -> ppo, dpo; optionally sft) with it."""
+    flywheel: export the feedback store and retrain its stages (rm -> ppo, dpo; optionally sft) with it.
+    `clean`: run the raw text through the cleaning stage (False: tokenizer and data read it raw); `workers`:
+    its local processes. Chinese full-width punctuation is kept: the chat data and the eval sets use it, and
+    NFKC would teach pre-training ASCII look-alikes the later stages never show."""
+    from chatforge.data.clean.run import clean_settings, run_clean
     from chatforge.data.shards import data_settings, run_data_stage
     from chatforge.eval.suite import run_eval_stage
     from chatforge.init_from import import_into_run, init_settings
@@ -121,10 +136,14 @@ def run_pipeline(run: str | Path, preset_name: str, preset: Preset, until: str |
     redo_from = None
     if feedback is not None:
         redo_from = mix_feedback(run, feedback, sft, rm, dpo)
+    cleaning = clean_settings(data=data, keep_fullwidth_punct=True)
+    corpus = None if clean else data  # with cleaning, the later stages read clean/docs.jsonl, not --data
     settings = {
         "world": lambda: world_settings(seed, preset.world_size),
-        "tokenizer": lambda: init_settings(init_from) if init_from else tokenizer_settings(preset.vocab_size, data),
-        "data": lambda: data_settings(data, val_every, Tokenizer.load(stage_dir(run, "tokenizer"))),
+        "clean": lambda: cleaning,
+        "tokenizer": lambda: init_settings(init_from) if init_from else
+        tokenizer_settings(preset.vocab_size, corpus, clean),
+        "data": lambda: data_settings(corpus, val_every, Tokenizer.load(stage_dir(run, "tokenizer")), clean),
         "pretrain": lambda: plan_pretrain(run, preset.model, preset.train, model_overrides, bool(init_from))[1],
         "sft": lambda: plan_sft(run, preset.sft, sft),
         "rm": lambda: plan_rm(run, preset.rm, rm),
@@ -135,9 +154,10 @@ def run_pipeline(run: str | Path, preset_name: str, preset: Preset, until: str |
     redo = force
     actions = {
         "world": lambda: str(generate_world(run, seed=seed, size=preset.world_size)),
+        "clean": lambda: run_clean(run, workers=workers, **cleaning),
         "tokenizer": lambda: import_into_run(run, init_from) if init_from else
-        run_tokenizer_stage(run, preset.vocab_size, data),
-        "data": lambda: run_data_stage(run, data, val_every)["tokens"],
+        run_tokenizer_stage(run, preset.vocab_size, corpus, cleaned=clean),
+        "data": lambda: run_data_stage(run, corpus, val_every, cleaned=clean)["tokens"],
         "pretrain": lambda: run_pretrain(run, preset.model, preset.train, model_overrides, fresh=redo,
                                          init_from=bool(init_from)),
         "sft": lambda: run_sft(run, preset.sft, sft, fresh=redo),
@@ -160,6 +180,8 @@ def run_pipeline(run: str | Path, preset_name: str, preset: Preset, until: str |
                 "eval": "skipped (the suite scores the built-in world; --data given)"}
         if data and name in skip and not (name == "sft" and sft.data):
             print(f"{tag}: {skip[name]}", flush=True)
+        elif name == "clean" and not clean:
+            print(f"{tag}: skipped (--no-clean: the tokenizer and data stages read the raw text)", flush=True)
         elif recorded.get("complete") and not redo:
             wanted, old = settings[name](), recorded.get("settings")
             if old != wanted:

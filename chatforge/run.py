@@ -14,7 +14,7 @@ from pathlib import Path
 
 from chatforge import ChatforgeError
 
-STAGE_DIRS = {"world": "world", "tokenizer": "tokenizer", "data": "data", "pretrain": "base", "sft": "sft",
+STAGE_DIRS = {"world": "world", "clean": "clean", "tokenizer": "tokenizer", "data": "data", "pretrain": "base", "sft": "sft",
               "rm": "rm", "ppo": "ppo", "dpo": "dpo", "eval": "eval"}
 MODEL_STAGES = {"base": "base", "sft": "sft", "ppo": "ppo", "dpo": "dpo"}  # --stage names accepted by sample/chat/eval/export -> folder
 
@@ -31,9 +31,25 @@ def stage_dir(run: str | Path, stage: str) -> Path:
     return Path(run) / STAGE_DIRS.get(stage, stage)
 
 
-def text_sources(run: str | Path, data: list[str] | None) -> list[str]:
-    """The text the tokenizer and data stages read: the user's files, else the world's raw documents."""
-    return data or [str(stage_dir(run, "world") / "raw")]
+def reads_cleaned(run: str | Path, data: list[str] | None, cleaned: bool | None = None) -> bool:
+    """Whether the tokenizer and data stages read `clean/docs.jsonl`: never when the user names files; else
+    as asked (`cleaned`), or — None — whenever the run has a complete clean stage."""
+    done = is_complete(stage_dir(run, "clean"))
+    if data or cleaned is False:
+        return False
+    if cleaned and not done:
+        raise ChatforgeError(f"{stage_dir(run, 'clean')}: no complete cleaning run; run `chatforge clean --run {run}` first")
+    return done
+
+
+def text_sources(run: str | Path, data: list[str] | None, cleaned: bool | None = None) -> list[str]:
+    """The text the tokenizer and data stages read: the user's files, else the cleaned documents (see
+    reads_cleaned), else the world's raw documents."""
+    if data:
+        return data
+    if reads_cleaned(run, data, cleaned):
+        return [str(stage_dir(run, "clean") / "docs.jsonl")]
+    return [str(stage_dir(run, "world") / "raw")]
 
 
 def read_json(path: Path, what: str = "file") -> dict:

@@ -271,20 +271,22 @@ def copy_tokenizer_files(src_dir: str | Path, dst_dir: str | Path) -> None:
             shutil.copyfile(src, Path(dst_dir) / name)
 
 
-def tokenizer_settings(vocab_size: int, data: list[str] | None) -> dict:
-    return {"vocab_size": vocab_size, "data": data}
+def tokenizer_settings(vocab_size: int, data: list[str] | None, cleaned: bool = False) -> dict:
+    return {"vocab_size": vocab_size, "data": data, "cleaned": cleaned}
 
 
 def run_tokenizer_stage(run: str | Path, vocab_size: int, data: list[str] | None = None,
-                        heldout_every: int = 50) -> dict:
-    """Train on the run's text (world/raw unless `data` is given), save to <run>/tokenizer, and report
-    characters per token on held-out documents (every `heldout_every`-th, the ones the data stage puts
-    in validation), separately for Chinese and English."""
-    from chatforge.run import mark_complete, require_run, stage_dir, text_sources
+                        heldout_every: int = 50, cleaned: bool | None = None) -> dict:
+    """Train on the run's text (`data` if given, else clean/docs.jsonl when the run has been cleaned, else
+    world/raw; `cleaned` forces the choice), save to <run>/tokenizer, and report characters per token on
+    held-out documents (every `heldout_every`-th, the ones the data stage puts in validation), separately
+    for Chinese and English."""
+    from chatforge.run import mark_complete, reads_cleaned, require_run, stage_dir, text_sources
     from chatforge.textio import iter_documents
 
     run = require_run(run)
-    sources = text_sources(run, data)
+    cleaned = reads_cleaned(run, data, cleaned)
+    sources = text_sources(run, data, cleaned)
     heldout: list[str] = []
 
     def training_texts() -> Iterable[str]:
@@ -306,6 +308,6 @@ def run_tokenizer_stage(run: str | Path, vocab_size: int, data: list[str] | None
     stats = {"vocab_size": tok.vocab_size, "requested_vocab_size": vocab_size,
              "chars_per_token": chars_per_token(tok, heldout), "heldout_docs": len(heldout), "sources": sources}
     (out / "stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False))
-    mark_complete(out, settings=tokenizer_settings(vocab_size, data), stage="tokenizer",
+    mark_complete(out, settings=tokenizer_settings(vocab_size, data, cleaned), stage="tokenizer",
                   vocab_size=tok.vocab_size, sha256=tok.fingerprint())
     return stats

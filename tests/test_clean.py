@@ -225,6 +225,26 @@ def test_sources_are_mixed_by_weight(prepared_run, tmp_path):
         assert chars[s] / m[s]["chars"] == pytest.approx(m[s]["epochs"], rel=0.03)
 
 
+def test_data_command_cleans_mixes_and_shards_named_sources_into_a_new_run(prepared_run, tmp_path, capsys):
+    from chatforge.cli import main
+
+    raw, run = prepared_run / "world" / "raw", tmp_path / "mine"
+    args = ["data", "--run", str(run), "--source", f"wiki={raw / 'encyclopedia.jsonl'}:3",
+            "--source", f"stories={raw / 'story.jsonl'}:1", "--workers", "1"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "training one" in out and "wiki" in out and "epochs" in out
+    docs = (run / "clean" / "docs.jsonl").read_text().splitlines()
+    tok = json.loads((run / "tokenizer" / "stats.json").read_text())
+    meta = json.loads((run / "data" / "meta.json").read_text())
+    funnel = json.loads((run / "clean" / "stats.json").read_text())
+    assert tok["sources"] == [str(run / "clean" / "docs.jsonl")] and meta["documents"] == len(docs)
+    assert funnel["tokens"]["mix"] == meta["tokens"]["train"] + meta["tokens"]["val"] - 2 * len(docs)
+    assert funnel["documents"]["mix"] == len(docs) != funnel["documents"]["decontam"]  # repeated / sampled
+    assert funnel["mixture"]["wiki"]["share"] == 0.75
+    assert main([*args, "--raw"]) == 2 and "--raw" in capsys.readouterr().err
+
+
 def test_cleaning_the_world_against_its_noise_labels(prepared_run):
     stats = run_clean(prepared_run, workers=2)
     lab = stats["labels"]

@@ -14,17 +14,24 @@ def test_pipeline_until_then_resume_and_skip(tmp_path, capsys):
     run = tmp_path / "demo"
     assert main(["pipeline", "--run", str(run), "--preset", "tiny", "--until", "data", *FAST]) == 0
     out = capsys.readouterr().out
-    assert "[3/9] data: done" in out and "pretrain" not in out
+    assert "[4/10] data: done" in out and "pretrain" not in out
     assert (run / "data" / "meta.json").exists() and not (run / "base").exists()
     assert json.loads((run / "run.json").read_text())["preset"] == "tiny"
     stats = json.loads((run / "tokenizer" / "stats.json").read_text())
     assert stats["chars_per_token"]["zh"] > 1 and stats["chars_per_token"]["en"] > 2
+    # the raw world went through the cleaning stage; the tokenizer and the shards read what it kept
+    assert "[2/10] clean: done" in out and "copies P 1.00" in out
+    assert stats["sources"] == [str(run / "clean" / "docs.jsonl")]
+    funnel = json.loads((run / "clean" / "stats.json").read_text())
+    meta = json.loads((run / "data" / "meta.json").read_text())
+    assert meta["documents"] == funnel["documents"]["decontam"] < funnel["documents"]["input"]
+    assert funnel["tokens"]["decontam"] == meta["tokens"]["train"] + meta["tokens"]["val"] - 2 * meta["documents"]
 
     assert main(["pipeline", "--run", str(run), "--until", "pretrain", *FAST]) == 0
     out = capsys.readouterr().out
-    for stage in ("world", "tokenizer", "data"):
+    for stage in ("world", "clean", "tokenizer", "data"):
         assert f"{stage}: complete, skipping" in out
-    assert "[4/9] pretrain: done" in out and "model ready" in out
+    assert "[5/10] pretrain: done" in out and "model ready" in out
     assert (run / "base" / "model.safetensors").exists()
 
     assert main(["pipeline", "--run", str(run), "--until", "pretrain", *FAST]) == 0
@@ -36,7 +43,7 @@ def test_pipeline_until_then_resume_and_skip(tmp_path, capsys):
     assert "base is complete but was made with other settings" in err and "max_steps" in err
     assert main(["pipeline", "--run", str(run), "--until", "pretrain", *FAST, "--max-steps", "4", "--force"]) == 0
     out = capsys.readouterr().out
-    assert "resuming" not in out and "[1/9] world: running" in out and "[4/9] pretrain: done" in out
+    assert "resuming" not in out and "[1/10] world: running" in out and "[5/10] pretrain: done" in out
     steps = [json.loads(line)["step"] for line in (run / "base" / "metrics.jsonl").read_text().splitlines()
              if "train/loss" in line]
     assert steps == [1, 2, 3, 4]
@@ -69,11 +76,11 @@ def test_pipeline_runs_sft_rm_dpo_then_evaluates_the_models(tmp_path, capsys):
     run = tmp_path / "demo"
     assert main(["pipeline", "--run", str(run), *FAST, *SFT_FAST]) == 0
     out = capsys.readouterr().out
-    assert "[5/9] sft: done" in out and "kept the step-2 checkpoint" in out and "[9/9] eval: done" in out
-    assert "[6/9] rm: done" in out and "held-out pairwise accuracy" in out
+    assert "[6/10] sft: done" in out and "kept the step-2 checkpoint" in out and "[10/10] eval: done" in out
+    assert "[7/10] rm: done" in out and "held-out pairwise accuracy" in out
     assert (run / "rm" / "reward_head.safetensors").exists()
-    assert "[7/9] ppo: done" in out and "win rate" in out and (run / "ppo" / "eval.json").exists()
-    assert "[8/9] dpo: done" in out and "stage dpo (chat)" in out and (run / "eval" / "dpo.json").exists()
+    assert "[8/10] ppo: done" in out and "win rate" in out and (run / "ppo" / "eval.json").exists()
+    assert "[9/10] dpo: done" in out and "stage dpo (chat)" in out and (run / "eval" / "dpo.json").exists()
     assert "stage sft (chat)" in out and "stage base (3-shot)" in out
     table = out[out.index("capability suite by stage"):].split("\n")
     assert table[1].split() == ["task", "base", "sft", "ppo", "dpo"] and len(table[2].split()) == 5
@@ -84,6 +91,15 @@ def test_pipeline_runs_sft_rm_dpo_then_evaluates_the_models(tmp_path, capsys):
     # SFT settings are part of the stage's identity: asking for other ones is refused, --force redoes
     assert main(["pipeline", "--run", str(run), *FAST, *SFT_FAST, "--set", "sft.lr=5e-4"]) == 2
     assert "sft is complete but was made with other settings" in capsys.readouterr().err
+
+
+def test_pipeline_no_clean_reads_the_raw_world(tmp_path, capsys):
+    run = tmp_path / "raw"
+    assert main(["pipeline", "--run", str(run), "--until", "data", "--no-clean", *FAST]) == 0
+    assert "[2/10] clean: skipped (--no-clean" in capsys.readouterr().out and not (run / "clean").exists()
+    stats = json.loads((run / "tokenizer" / "stats.json").read_text())
+    assert stats["sources"] == [str(run / "world" / "raw")]
+    assert json.loads((run / "data" / "meta.json").read_text())["documents"] == 24000
 
 
 def test_pipeline_bad_until(tmp_path, capsys):

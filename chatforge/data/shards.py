@@ -153,19 +153,27 @@ def load_split(data_dir: str | Path, split: str) -> list[np.ndarray]:
     return arrays
 
 
-def data_settings(data: list[str] | None, val_every: int, tok: Tokenizer) -> dict:
-    return {"data": data, "val_every": val_every, "tokenizer_sha256": tok.fingerprint()}
+def data_settings(data: list[str] | None, val_every: int, tok: Tokenizer, cleaned: bool = False) -> dict:
+    return {"data": data, "val_every": val_every, "tokenizer_sha256": tok.fingerprint(), "cleaned": cleaned}
 
 
-def run_data_stage(run: str | Path, data: list[str] | None = None, val_every: int = 50) -> dict:
-    """<run>/world/raw (or `data`) -> <run>/data shards with the run's tokenizer."""
-    from chatforge.run import mark_complete, require_run, stage_dir, text_sources
+def run_data_stage(run: str | Path, data: list[str] | None = None, val_every: int = 50,
+                   cleaned: bool | None = None) -> dict:
+    """`data`, else <run>/clean/docs.jsonl when the run has been cleaned, else <run>/world/raw (`cleaned`
+    forces the choice) -> <run>/data shards with the run's tokenizer. Reading cleaned documents, it also
+    completes the cleaning funnel's token column (`clean.run.add_token_counts`), which needs this tokenizer."""
+    from chatforge.run import mark_complete, reads_cleaned, require_run, stage_dir, text_sources
     from chatforge.textio import iter_documents
 
     run = require_run(run)
     tok = Tokenizer.load(stage_dir(run, "tokenizer"))
-    sources = text_sources(run, data)
+    cleaned = reads_cleaned(run, data, cleaned)
+    sources = text_sources(run, data, cleaned)
     out = stage_dir(run, "data")
     meta = write_shards((d["text"] for d in iter_documents(sources)), tok, out, val_every=val_every)
-    mark_complete(out, settings=data_settings(data, val_every, tok), stage="data", tokens=meta["tokens"])
+    if cleaned:
+        from chatforge.data.clean.run import add_token_counts
+
+        add_token_counts(run)
+    mark_complete(out, settings=data_settings(data, val_every, tok, cleaned), stage="data", tokens=meta["tokens"])
     return meta

@@ -36,7 +36,7 @@ from chatforge.data.clean.pii import scrub_pii
 from chatforge.data.clean.text import normalise
 from chatforge.run import stage_dir
 
-STAGES = ["input", "normalise", "lines", "quality", "pii", "classifier", "dedup", "decontam"]
+STAGES = ["input", "normalise", "lines", "quality", "pii", "classifier", "dedup", "decontam", "mix"]
 EXAMPLES_PER_REASON = 20
 
 
@@ -133,6 +133,15 @@ def mix_sources(docs: list[dict], weights: dict[str, float], seed: int = 0) -> t
     return [out[i] for i in order], table
 
 
+def clean_settings(data: list[str] | None = None, t2s: bool = False, threshold: float = 0.8,
+                   reference: list[str] | None = None, alpha: float = 9.0, seed: int = 0,
+                   sources: list[str] | None = None, text_column: str = "text",
+                   keep_fullwidth_punct: bool = False) -> dict:
+    """Everything that decides the cleaned output (not workers or batch size): the stage's identity."""
+    return {"data": data, "t2s": t2s, "threshold": threshold, "reference": reference, "alpha": alpha, "seed": seed,
+            "sources": sources, "text_column": text_column, "keep_fullwidth_punct": keep_fullwidth_punct}
+
+
 def run_clean(run: str | Path, data: list[str] | None = None, workers: int | None = None, t2s: bool = False,
               threshold: float = 0.8, batch_size: int = 2000, reference: list[str] | None = None,
               alpha: float = 9.0, seed: int = 0, sources: list[str] | None = None, text_column: str = "text",
@@ -140,7 +149,12 @@ def run_clean(run: str | Path, data: list[str] | None = None, workers: int | Non
     """`data`: files / folders read as they are (each document keeps its own `source`); `sources`:
     NAME=PATH[:WEIGHT] specs — with weights, the output is mixed by them (`mix_sources`). `reference`:
     files of trusted text; when given, a quality classifier (reference vs this input) keeps documents by
-    GPT-3's Pareto rule with `alpha`."""
+    GPT-3's Pareto rule with `alpha`. Token counts per stage need the run's tokenizer: without one the
+    column is empty until the data stage fills it in (`add_token_counts`)."""
+    from chatforge.run import mark_complete
+
+    settings = clean_settings(data, t2s, threshold, reference, alpha, seed, sources, text_column,
+                              keep_fullwidth_punct)
     run = Path(run)
     world = stage_dir(run, "world")
     spec: dict[str, list[str]] = defaultdict(list)
@@ -234,13 +248,16 @@ def run_clean(run: str | Path, data: list[str] | None = None, workers: int | Non
     mixture = None
     if weights:
         final, mixture = mix_sources(final, weights, seed)
+    chars["mix"] = sum(len(d["text"]) for d in final)  # what the shards get: sources repeated / sampled by weight
+    tokens["mix"] = sum(d.get("_tokens", 0) for d in final)
 
     counts = {"input": len(docs)}
     by_stage = Counter(stage for _, stage, _ in removed_docs)
     left = len(docs)
-    for stage in STAGES[1:]:
+    for stage in STAGES[1:-1]:
         left -= by_stage.get(stage, 0)
         counts[stage] = left
+    counts["mix"] = len(final)
     reasons: dict[str, Counter] = defaultdict(Counter)
     for _, stage, reason in removed_docs:
         reasons[stage][reason] += 1
@@ -256,18 +273,51 @@ def run_clean(run: str | Path, data: list[str] | None = None, workers: int | Non
                        "exact_jaccard_precision": round(verified / len(near_pairs), 4) if near_pairs else None},
              "decontam": {"eval_ngrams": len(index), "n": 13},
              "workers": workers, "seconds": {k: round(v, 2) for k, v in timing.items()},
-             "labels": score_against_labels(docs, removed_lines, dup_of, reached_dedup)}
+             "labels": score_against_labels(docs, removed_lines, dup_of, reached_dedup, keep_fullwidth_punct)}
     _write_examples(out / "removed", removed_docs, removed_lines)
     tmp = out / "docs.jsonl.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         for d in final:
             f.write(json.dumps({k: d[k] for k in ("id", "text", "source", "lang") if k in d}, ensure_ascii=False) + "\n")
     tmp.replace(out / "docs.jsonl")
+    if tok_dir:
+        from chatforge.tokenizer import Tokenizer
+
+        stats["tokenizer_sha256"] = Tokenizer.load(tok_dir).fingerprint()
     (out / "stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False))
+    mark_complete(out, settings=settings, stage="clean", documents=len(final))
     return stats
 
 
-def score_against_labels(docs: list[dict], removed_lines: list, dup_of: dict, reached_dedup: set) -> dict | None:
+def add_token_counts(run: Path, workers: int | None = None) -> dict:
+    """Fill in the funnel's token column with the run's current tokenizer. In the pipeline the cleaning runs
+    before the tokenizer exists (the tokenizer learns from the cleaned text), so once it does, the cleaning
+    is run again with the recorded settings — deterministic, so the documents must come out identical
+    (checked) — this time counting tokens at every stage. Costs one more cleaning pass (~10 s on the world)."""
+    import hashlib
+
+    from chatforge.run import read_stage_info
+    from chatforge.tokenizer import Tokenizer
+
+    out = stage_dir(run, "clean")
+    stats = json.loads((out / "stats.json").read_text())
+    sha = Tokenizer.load(stage_dir(run, "tokenizer")).fingerprint()
+    if stats.get("tokens") and stats.get("tokenizer_sha256") == sha:
+        return stats
+
+    def digest() -> str:
+        return hashlib.sha256((out / "docs.jsonl").read_bytes()).hexdigest()
+
+    before = digest()
+    stats = run_clean(run, workers=workers, **read_stage_info(out)["settings"])
+    if digest() != before:
+        raise ChatforgeError(f"{out}/docs.jsonl changed when cleaning again with the same settings; the cleaning "
+                             f"is not deterministic here — re-run the pipeline from the clean stage (--force)")
+    return stats
+
+
+def score_against_labels(docs: list[dict], removed_lines: list, dup_of: dict, reached_dedup: set,
+                         keep_fullwidth_punct: bool = False) -> dict | None:
     """Precision / recall of line removal (ads, boilerplate) and of deduplication against the world's labels;
     None when the input has no labels. Reposts (`noise.type == near_duplicate`) give the repost recall;
     `dup_group` (every exact or near copy, the world's own included, by exact Jaccard — world/duplicates.py)
@@ -275,7 +325,7 @@ def score_against_labels(docs: list[dict], removed_lines: list, dup_of: dict, re
     labelled = [d for d in docs if "noise" in d]
     if not labelled:
         return None
-    added = {(d["id"], normalise(line)) for d in labelled if d["noise"] and d["noise"].get("type") in ("ad", "boilerplate")
+    added = {(d["id"], normalise(line, None, keep_fullwidth_punct)) for d in labelled if d["noise"] and d["noise"].get("type") in ("ad", "boilerplate")
              for line in d["noise"].get("added_lines", [])}
     # lines taken out of documents that are noise through and through (spam, mojibake) are not scored: every
     # line of those is noise, and the document rules drop them whole anyway
@@ -324,7 +374,11 @@ def format_report(stats: dict) -> str:
     toks = stats.get("tokens")
     lines = [f"{'stage':<10} {'docs':>9} {'chars':>12} {'tokens':>11}  removed"]
     for s in STAGES:
+        if s not in stats["documents"]:  # a funnel written before this stage existed
+            continue
         why = ", ".join(f"{r} {n}" for r, n in sorted(stats["removed"].get(s, {}).items(), key=lambda x: -x[1]))
+        if s == "mix":
+            why = "repeated / sampled by source weight (below)" if stats.get("mixture") else "no weights: as is"
         if s == "lines":
             why = ", ".join(f"{r} {n} lines" for r, n in stats["removed"].get("lines (removed lines)", {}).items()) + \
                   (f"; {why}" if why else "")
