@@ -121,6 +121,10 @@ def test_single_document_and_non_utf8_corpora_are_clear_errors(tmp_path, capsys)
     book = tmp_path / "book.txt"
     book.write_text("One long book. " * 200)
     assert main(["pipeline", "--run", str(tmp_path / "a"), "--data", str(book), *FAST]) == 2
+    err = capsys.readouterr().err  # one sentence 200 times: the repetition rules drop it, and say so
+    assert "cleaning kept none of the 1 document(s)" in err and "--no-clean" in err
+    assert json.loads((tmp_path / "a" / "clean" / "stats.json").read_text())["documents"]["input"] == 1
+    assert main(["pipeline", "--run", str(tmp_path / "a2"), "--data", str(book), "--no-clean", *FAST]) == 2
     assert "single document" in capsys.readouterr().err
     latin1 = tmp_path / "old.txt"
     latin1.write_bytes("caf\u00e9".encode("latin-1"))

@@ -171,6 +171,7 @@ def run_clean(run: str | Path, data: list[str] | None = None, workers: int | Non
     docs, skipped = read_sources(dict(spec), text_column)
     out = stage_dir(run, "clean")
     (out / "removed").mkdir(parents=True, exist_ok=True)
+    (out / "stage.json").unlink(missing_ok=True)  # incomplete until this run has written everything
     t0 = time.perf_counter()
     workers = workers or max(1, min(4, (os.cpu_count() or 2)))
     batches = [docs[i:i + batch_size] for i in range(0, len(docs), batch_size)]
@@ -285,6 +286,10 @@ def run_clean(run: str | Path, data: list[str] | None = None, workers: int | Non
 
         stats["tokenizer_sha256"] = Tokenizer.load(tok_dir).fingerprint()
     (out / "stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False))
+    if not final:  # the funnel and the examples are written: they say why
+        gone = ", ".join(f"{r} {n}" for stage in reasons.values() for r, n in stage.items())
+        raise ChatforgeError(f"cleaning kept none of the {len(docs)} document(s) ({gone}); see {out}/removed/ — "
+                             f"`chatforge pipeline --no-clean` (or `data --raw`) uses the text as it is")
     mark_complete(out, settings=settings, stage="clean", documents=len(final))
     return stats
 
