@@ -225,6 +225,21 @@ def test_sources_are_mixed_by_weight(prepared_run, tmp_path):
         assert chars[s] / m[s]["chars"] == pytest.approx(m[s]["epochs"], rel=0.03)
 
 
+def test_t2s_turns_a_traditional_repost_into_an_exact_duplicate(prepared_run, tmp_path):
+    opencc = pytest.importorskip("opencc")  # a test extra; the converter is optional for users
+
+    traditional = opencc.OpenCC("s2t").convert(ZH_PROSE)
+    assert traditional != ZH_PROSE  # 镇 -> 鎮, 闻 -> 聞, ...
+    f = tmp_path / "zh.jsonl"
+    f.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in (ZH_PROSE, traditional, EN_PROSE)))
+    plain = run_clean(prepared_run, data=[str(f)], workers=1)
+    assert plain["documents"]["dedup"] == 3  # the two scripts share no Han 5-gram: both stay
+    converted = run_clean(prepared_run, data=[str(f)], workers=1, t2s=True)
+    assert converted["documents"]["dedup"] == 2 and converted["removed"]["dedup"] == {"exact": 1}
+    kept = [json.loads(x)["text"] for x in (prepared_run / "clean" / "docs.jsonl").read_text().splitlines()]
+    assert kept == [normalise(ZH_PROSE), normalise(EN_PROSE)]  # the first (simplified) copy is the one kept
+
+
 def test_data_command_cleans_mixes_and_shards_named_sources_into_a_new_run(prepared_run, tmp_path, capsys):
     from chatforge.cli import main
 
