@@ -284,6 +284,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine-in-thread", action="store_true",
                    help="run the engine in a thread of the server process instead of its own process")
 
+    p = sub.add_parser("index", help="the retrieval index: add / delete documents, search passages, list")
+    actions = p.add_subparsers(dest="action", required=True)
+    for name, what in (("add", "files / folders (.jsonl .txt .md .html)"), ("delete", "document ids or source files"),
+                       ("search", "the query"), ("list", None)):
+        q = actions.add_parser(name)
+        _add_run(q)
+        if what:
+            q.add_argument("items", nargs="+", help=what)
+    actions.choices["search"].add_argument("-k", type=int, default=3, help="passages to return")
+    actions.choices["add"].add_argument("--max-chars", type=int, default=600,
+                                        help="passage length in characters (a new index only)")
+
     p = sub.add_parser("feedback", help="the data flywheel: export user feedback as SFT and RM training data")
     p.add_argument("action", choices=["export", "stats"])
     _add_run(p)
@@ -365,6 +377,39 @@ def _cmd_data(args) -> None:
     else:
         meta = run_data_stage(require_run(args.run), args.data, args.val_every, cleaned=False if args.raw else None)
     print(f"token shards: {meta['tokens']} tokens ({meta['dtype']}), {meta['documents']} documents")
+
+
+def _cmd_index(args) -> None:
+    """`chatforge index add|delete|search|list`: the run's retrieval index (retrieval/index.py)."""
+    from chatforge.retrieval.chunks import read_documents
+    from chatforge.retrieval.index import RetrievalIndex
+    from chatforge.run import require_run
+
+    run = require_run(args.run)
+    idx = RetrievalIndex.load(run)
+    if args.action == "add":
+        if not idx.docs:
+            idx.max_chars = args.max_chars
+        docs, skipped = read_documents(args.items)
+        counts = idx.add(docs)
+        idx.save()
+        print(f"index: {counts['added']} added, {counts['updated']} updated, {counts['unchanged']} unchanged"
+              + (f"; skipped {dict(skipped)}" if skipped else "")
+              + f" -> {len(idx.docs)} documents, {sum(d['chunks'] for d in idx.docs.values())} passages in {idx.folder}")
+    elif args.action == "delete":
+        gone = idx.delete(args.items)
+        idx.save()
+        print(f"index: removed {len(gone)} document(s) -> {len(idx.docs)} left")
+    elif args.action == "search":
+        hits = idx.search(" ".join(args.items), args.k)
+        if not hits:
+            print("no passage matches" if idx.docs else f"the index is empty: chatforge index add --run {run} FILES")
+        for n, h in enumerate(hits, 1):
+            print(f"[{n}] {h['title']} ({h['chunk_id']}, score {h['score']:.2f})\n    " + h['text'][:300].replace(chr(10), ' '))
+    else:
+        for d in idx.docs.values():
+            print(f"{d['doc_id']}\t{d['chunks']} passages\t{d['title']}\t{d['source']}")
+        print(f"{len(idx.docs)} documents")
 
 
 def _cmd_serve(args) -> None:
@@ -530,6 +575,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(format_report(_clean_from_args(run, args)))
         elif args.command == "serve":
             _cmd_serve(args)
+        elif args.command == "index":
+            _cmd_index(args)
         elif args.command == "feedback":
             from chatforge.run import require_run
             from chatforge.serve.flywheel import export_feedback

@@ -1,0 +1,105 @@
+"""Retrieval index: passages, terms, add / update / delete, persistence, Chinese queries, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from chatforge import ChatforgeError
+from chatforge.cli import main
+from chatforge.retrieval.chunks import chunk_document, read_documents, terms
+from chatforge.retrieval.index import RetrievalIndex
+
+TOWNS = [("Rennu", "雷努", "Amber River", "琥珀河", "clocks", "钟表"), ("Hasu", "哈苏", "Jade River", "玉河", "bread", "面包"),
+         ("Loan", "洛安", "Pine River", "松河", "cheese", "奶酪"), ("Mimi", "米米", "Crane River", "鹤河", "glass", "玻璃"),
+         ("Briren", "布瑞仁", "Silver River", "银河", "silk", "丝绸"), ("Kalo", "卡洛", "Red River", "赤河", "tea", "茶叶")]
+
+
+def world_docs() -> list[dict]:
+    docs = []
+    for en, zh, river, zriver, spec, zspec in TOWNS:
+        docs.append({"doc_id": f"en-{en}", "title": en, "source": "t.jsonl",
+                     "text": f"The town of {en} lies on the {river}. Most people in {en} make {spec}."})
+        docs.append({"doc_id": f"zh-{en}", "title": zh, "source": "t.jsonl",
+                     "text": f"{zh}镇位于{zriver}边。{zh}的居民大多以制作{zspec}为生。"})
+    return docs
+
+
+def test_terms_are_words_and_han_characters_with_bigrams():
+    assert terms("Where is the Amber River?") == ["amber", "river"]  # stopwords out, lower-cased
+    assert terms("雷努镇") == ["雷", "努", "镇", "雷努", "努镇"]
+    assert terms("Rennu 雷努 1846") == ["rennu", "雷", "努", "雷努", "1846"]
+
+
+def test_passages_follow_paragraphs_and_sentences_and_cover_the_text():
+    para = "Sentence one is here. Sentence two follows! Is this three? " * 6
+    text = f"Title line\n\n{para.strip()}\n\n第二段。很短。\n\n" + "没有句号的一段很长的中文" * 30
+    chunks = chunk_document({"doc_id": "d", "title": "T", "text": text}, max_chars=120)
+    assert all(len(c["text"]) <= 120 for c in chunks) and len(chunks) > 4
+    assert [c["chunk_id"] for c in chunks] == [f"d#{i}" for i in range(len(chunks))]
+    joined = "".join(c["text"] for c in chunks)
+    assert "".join(text.split()) == "".join(joined.split())  # nothing lost or added but whitespace
+    assert all(c["text"].endswith((".", "!", "?", "。")) for c in chunks[:3])  # cut at sentence ends
+
+
+def test_add_search_update_delete_and_reload(tmp_path):
+    idx = RetrievalIndex.load(tmp_path)
+    assert idx.search("anything") == [] and not (tmp_path / "index").exists()
+    assert idx.add(world_docs()) == {"added": 12, "updated": 0, "unchanged": 0}
+    idx.save()
+    hit = idx.search("Which river does Loan lie on?", k=2)[0]
+    assert hit["doc_id"] == "en-Loan" and "Pine River" in hit["text"] and hit["score"] > 0
+    again = RetrievalIndex.load(tmp_path)  # persisted: the same answers after a reload
+    assert [h["chunk_id"] for h in again.search("Mimi glass", k=3)] == [h["chunk_id"] for h in idx.search("Mimi glass", k=3)]
+    assert again.add(world_docs()) == {"added": 0, "updated": 0, "unchanged": 12}
+    changed = [{**d, "text": d["text"].replace("Pine River", "Moon River")} if d["doc_id"] == "en-Loan" else d
+               for d in world_docs()]
+    assert again.add(changed) == {"added": 0, "updated": 1, "unchanged": 11}
+    assert again.delete(["en-Mimi", "zh-Mimi"]) == ["en-Mimi", "zh-Mimi"]
+    again.save()
+    third = RetrievalIndex.load(tmp_path)
+    assert "Moon River" in third.search("Loan river", k=1)[0]["text"]
+    assert all(h["doc_id"] not in ("en-Mimi", "zh-Mimi") for h in third.search("Mimi glass 米米 玻璃", k=10))
+    with pytest.raises(ChatforgeError, match="no document with this id"):
+        third.delete(["en-Kalo", "no-such-doc"])
+    assert "en-Kalo" in third.docs  # a bad key removes nothing
+    assert third.delete(["t.jsonl"]) and not third.docs  # by source file: every document read from it
+
+
+def test_chinese_questions_find_the_chinese_passage(tmp_path):
+    idx = RetrievalIndex.load(tmp_path)
+    idx.add(world_docs())
+    for en, zh, *_ in TOWNS:
+        assert idx.search(f"{zh}镇位于哪条河边？", k=1)[0]["doc_id"] == f"zh-{en}"
+        assert idx.search(f"{zh}的居民以制作什么为生？", k=1)[0]["doc_id"] == f"zh-{en}"
+        assert idx.search(f"What do people in {en} make?", k=1)[0]["doc_id"] == f"en-{en}"
+    assert idx.search("完全无关 xyzzy") == []  # no shared term: nothing rather than noise
+
+
+def test_reading_files_and_the_cli(tmp_path, capsys):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "rennu.md").write_text("# Rennu\n\nThe town of Rennu lies on the Amber River.\n")
+    (docs / "faq.jsonl").write_text(json.dumps({"id": "q1", "title": "雷努", "text": "雷努镇位于琥珀河边。"},
+                                               ensure_ascii=False) + "\n{broken\n")
+    (docs / "page.html").write_text("<html><body><nav>Home | About</nav><article><p>Kalo lies on the Red River "
+                                    "and is famous for its tea, which its farmers pick every spring.</p></article>"
+                                    "</body></html>")
+    read, skipped = read_documents([str(docs)])
+    assert {d["doc_id"] for d in read} == {"q1", str(docs / "rennu.md"), f"{docs / 'page.html'}:page.html"}
+    assert skipped == {"not_json": 1} and {d["title"] for d in read} >= {"Rennu", "雷努"}
+    run = tmp_path / "run"
+    run.mkdir()
+    assert main(["index", "add", "--run", str(run), str(docs)]) == 0
+    assert "3 added" in capsys.readouterr().out
+    assert main(["index", "search", "--run", str(run), "Kalo", "tea", "-k", "1"]) == 0
+    assert "Red River" in capsys.readouterr().out
+    assert main(["index", "delete", "--run", str(run), "q1"]) == 0
+    assert main(["index", "list", "--run", str(run)]) == 0
+    assert "2 documents" in capsys.readouterr().out
+    assert main(["index", "add", "--run", str(run), str(tmp_path / "missing.md")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    (docs / "latin1.txt").write_bytes("caf\u00e9".encode("latin-1"))
+    assert main(["index", "add", "--run", str(run), str(docs / "latin1.txt")]) == 2
+    assert "not UTF-8" in capsys.readouterr().err
