@@ -1,0 +1,93 @@
+"""A safe calculator: arithmetic expressions only, evaluated from the syntax tree, never with `eval`.
+
+    calculate("(40 - 12) * 3 / 4")        -> 21
+    calculate("2 ** 10 + 7 % 3")          -> 1025
+    calculate("__import__('os')")         -> CalculatorError: only numbers and + - * / // % ** ( ) ...
+    run_tool_calls("so <<calc: 17*4>> legs")  -> "so <<calc: 17*4 = 68>> legs"
+
+Allowed: integer and decimal literals, + - * / // % **, unary + and -, parentheses, and the typographic and
+full-width signs a model writes in Chinese text (× ÷ − ＋ － ＊ ／ （ ）). Arithmetic is exact (fractions), so
+0.1 + 0.2 is 0.3. Everything else — names, calls,
+attributes, subscripts, strings, comparisons, lambdas — is refused before anything is computed. Limits keep
+"arithmetic" from becoming a denial of service: expression length, exponent size, result size, nesting.
+
+`run_tool_calls` is the hook a chat model uses: it writes `<<calc: EXPR>>`, and the engine (or the eval)
+replaces each call by `<<calc: EXPR = RESULT>>` (or `= error: ...`), so the model can continue from the value.
+"""
+
+from __future__ import annotations
+
+import ast
+import operator
+import re
+from fractions import Fraction
+
+MAX_CHARS = 200
+MAX_EXPONENT = 64
+MAX_DIGITS = 60
+MAX_DEPTH = 30
+
+_BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+           ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
+_UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
+_SIGNS = str.maketrans({"×": "*", "÷": "/", "−": "-", "（": "(", "）": ")", "＋": "+", "－": "-", "＊": "*", "／": "/"})
+CALL = re.compile(r"<<calc:\s*([^<>=]*?)\s*>>")
+
+
+class CalculatorError(ValueError):
+    pass
+
+
+def _number(node: ast.AST, depth: int) -> Fraction:
+    if depth > MAX_DEPTH:
+        raise CalculatorError("expression nested too deeply")
+    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+        return Fraction(str(node.value))  # exact decimals: 0.1 + 0.2 == 0.3
+    if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
+        return _UNARY[type(node.op)](_number(node.operand, depth + 1))
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+        left, right = _number(node.left, depth + 1), _number(node.right, depth + 1)
+        if isinstance(node.op, ast.Pow):
+            if right.denominator != 1 or abs(right) > MAX_EXPONENT:
+                raise CalculatorError(f"exponents must be whole numbers up to {MAX_EXPONENT}")
+            if left == 0 and right < 0:
+                raise CalculatorError("division by zero")
+            return left ** int(right)
+        if isinstance(node.op, (ast.Div, ast.FloorDiv, ast.Mod)) and right == 0:
+            raise CalculatorError("division by zero")
+        result = _BINARY[type(node.op)](left, right)
+        return Fraction(result)
+    raise CalculatorError("only numbers and + - * / // % ** ( ) are allowed")
+
+
+def calculate(expression: str) -> int | float:
+    """The value of an arithmetic expression: an int when it is whole, else a float."""
+    text = expression.translate(_SIGNS).strip()
+    if not text:
+        raise CalculatorError("empty expression")
+    if len(text) > MAX_CHARS:
+        raise CalculatorError(f"expression longer than {MAX_CHARS} characters")
+    try:
+        tree = ast.parse(text, mode="eval")
+    except SyntaxError:
+        raise CalculatorError("not an arithmetic expression") from None
+    value = _number(tree.body, 0)
+    if max(len(str(abs(value.numerator))), len(str(value.denominator))) > MAX_DIGITS:
+        raise CalculatorError(f"result longer than {MAX_DIGITS} digits")
+    return int(value) if value.denominator == 1 else float(value)
+
+
+def format_value(value: int | float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:.10g}"
+
+
+def run_tool_calls(text: str) -> str:
+    """Replace every `<<calc: EXPR>>` by `<<calc: EXPR = RESULT>>` (or `= error: REASON`)."""
+    def answer(m: re.Match) -> str:
+        expr = m.group(1)
+        try:
+            return f"<<calc: {expr} = {format_value(calculate(expr))}>>"
+        except CalculatorError as e:
+            return f"<<calc: {expr} = error: {e}>>"
+
+    return CALL.sub(answer, text)
