@@ -283,6 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads of the engine (default on cpu: all cores but one, left to HTTP)")
     p.add_argument("--engine-in-thread", action="store_true",
                    help="run the engine in a thread of the server process instead of its own process")
+    p.add_argument("--retrieval", action="store_true",
+                   help="answer chat requests from the run's retrieval index (`chatforge index`) unless a request "
+                        "says \"retrieval\": false; without it a request can still ask with \"retrieval\": true")
+    p.add_argument("--retrieval-k", type=int, default=3, help="passages put into each grounded prompt")
 
     p = sub.add_parser("index", help="the retrieval index: add / delete documents, search passages, list")
     actions = p.add_subparsers(dest="action", required=True)
@@ -418,7 +422,7 @@ def _cmd_serve(args) -> None:
     from chatforge.serve.app import ServeOptions, build_server
 
     opts = ServeOptions(api_key=args.api_key, max_queue=args.max_queue, max_tokens_limit=args.max_tokens_limit,
-                        max_body_bytes=args.max_body_bytes)
+                        max_body_bytes=args.max_body_bytes, retrieval=args.retrieval, retrieval_k=args.retrieval_k)
     if args.model_name:
         opts.model_name = args.model_name
     server = build_server(args.run, args.stage, args.device, args.db, args.max_batch, opts,

@@ -103,3 +103,54 @@ def test_reading_files_and_the_cli(tmp_path, capsys):
     (docs / "latin1.txt").write_bytes("caf\u00e9".encode("latin-1"))
     assert main(["index", "add", "--run", str(run), str(docs / "latin1.txt")]) == 2
     assert "not UTF-8" in capsys.readouterr().err
+
+
+def test_grounded_prompt_and_citations():
+    from chatforge.retrieval.grounding import citations, grounded_messages, source_list
+
+    idx_hits = [{"chunk_id": f"d{i}#0", "doc_id": f"d{i}", "title": f"T{i}", "text": f"passage {i}", "score": 1.0 / i}
+                for i in (1, 2, 3)]
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Where is Rennu?"}]
+    out = grounded_messages(msgs, idx_hits)
+    assert out[0] == msgs[0] and out[2] == msgs[1] and out[1]["role"] == "system"
+    assert "[1] T1: passage 1" in out[1]["content"] and "[3] T3: passage 3" in out[1]["content"]
+    assert "cite" in out[1]["content"]
+    zh = grounded_messages([{"role": "user", "content": "雷努镇在哪里？"}], idx_hits)
+    assert "注明" in zh[0]["content"] and zh[1]["content"] == "雷努镇在哪里？"
+    assert grounded_messages(msgs, []) == msgs  # nothing retrieved: the conversation as it was
+    text = "It lies on the Amber River [2][2], see also 【1】 and [7] and [0]."
+    assert [c["n"] for c in citations(text, idx_hits)] == [2, 1]  # first use first, once; 7 and 0 name nothing
+    assert citations(text, idx_hits)[0]["doc_id"] == "d2"
+    assert [s["n"] for s in source_list(idx_hits)] == [1, 2, 3]
+
+
+def test_server_answers_from_the_index_and_lists_sources(base_run, tmp_path):
+    import shutil
+
+    import httpx
+
+    from tests.serving import running_server
+
+    run = tmp_path / "run"
+    shutil.copytree(base_run, run)
+    cfg_file = run / "base" / "config.json"  # room for the passages: the RoPE model's context widened
+    cfg_file.write_text(json.dumps(dict(json.loads(cfg_file.read_text()), max_seq_len=1024)))
+    body = {"model": "m", "messages": [{"role": "user", "content": "Which river does Loan lie on?"}], "max_tokens": 4,
+            "temperature": 0}
+    with running_server(run) as url:  # no index: asking for retrieval is a clear 400
+        r = httpx.post(url + "/v1/chat/completions", json={**body, "retrieval": True}, timeout=60)
+        assert r.status_code == 400 and "no retrieval index" in r.json()["error"]["message"]
+    idx = RetrievalIndex.load(run)
+    idx.add(world_docs())
+    idx.save()
+    with running_server(run, "--retrieval", "--retrieval-k", "2") as url:
+        grounded = httpx.post(url + "/v1/chat/completions", json=body, timeout=60).json()
+        assert [s["doc_id"] for s in grounded["sources"]][0] == "en-Loan" and len(grounded["sources"]) == 2
+        assert isinstance(grounded["choices"][0]["citations"], list)
+        plain = httpx.post(url + "/v1/chat/completions", json={**body, "retrieval": False}, timeout=60).json()
+        assert "sources" not in plain and "citations" not in plain["choices"][0]
+        # the passages were in the prompt: the grounded prompt is longer by at least their tokens
+        assert grounded["usage"]["prompt_tokens"] > plain["usage"]["prompt_tokens"] + 20
+        with httpx.stream("POST", url + "/v1/chat/completions", json={**body, "stream": True}, timeout=60) as r:
+            chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+        assert chunks[0]["sources"][0]["doc_id"] == "en-Loan" and "citations" in chunks[-1]["choices"][0]

@@ -55,6 +55,8 @@ class ServeOptions:
     max_tokens_limit: int = 4096  # largest max_tokens a request may ask for
     max_body_bytes: int = 1 << 20
     default_max_tokens: int | None = None  # chat without max_tokens: the rest of the context, capped here
+    retrieval: bool = False  # chat requests answer from the run's index unless they say retrieval: false
+    retrieval_k: int = 3  # passages put into the prompt
 
 
 class Gate:
@@ -121,8 +123,10 @@ class Server:
     """Holds the scheduler (and through it the engine), tokenizer, store and options; `app` is the FastAPI
     application."""
 
-    def __init__(self, scheduler: Scheduler, tok: Tokenizer, store: FeedbackStore | None, opts: ServeOptions):
+    def __init__(self, scheduler: Scheduler, tok: Tokenizer, store: FeedbackStore | None, opts: ServeOptions,
+                 index=None):
         self.scheduler, self.tok, self.store, self.opts = scheduler, tok, store, opts
+        self.index = index  # a RetrievalIndex, when the run has one
         self.ctx, self.vocab = scheduler.ctx, scheduler.vocab
         self.tt = TokenText(self.tok, self.vocab)
         self.started = time.time()
@@ -368,8 +372,22 @@ class Server:
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     # -- chat -----------------------------------------------------------------------------------------------
+    def _retrieve(self, req: ChatRequest, msgs: list[dict]) -> tuple[list[dict], list[dict] | None]:
+        """(the messages to answer, the retrieved passages or None when retrieval is off)."""
+        from chatforge.retrieval.grounding import grounded_messages, last_user_text
+
+        if not (req.retrieval if req.retrieval is not None else self.opts.retrieval):
+            return msgs, None
+        if self.index is None or not self.index.docs:
+            raise ApiError(400, "retrieval: this server has no retrieval index (chatforge index add --run RUN FILES, "
+                                "then restart it)", "retrieval")
+        hits = self.index.search(last_user_text(msgs), self.opts.retrieval_k)
+        return grounded_messages(msgs, hits), hits
+
     async def _chat(self, req: ChatRequest, request: Request):
-        msgs = chat_messages(self.tok, req.messages)
+        from chatforge.retrieval.grounding import citations, source_list
+
+        msgs, hits = self._retrieve(req, chat_messages(self.tok, req.messages))
         prompt = self._encode_chat(msgs)
         self._check_prompt(prompt, "messages")
         n_top = req.logprob_count()
@@ -396,10 +414,15 @@ class Server:
                           "finish_reason": c.finish_reason}
                 if answer_ids[j]:
                     choice["answer_id"] = answer_ids[j]
+                if hits is not None:
+                    choice["citations"] = citations(c.text, hits)
                 choices.append(choice)
             out_tokens = sum(len(c.token_ids) for c in comps)
-            return {"id": cid, "object": "chat.completion", "created": created, "model": model,
-                    "system_fingerprint": None, "choices": choices, "usage": usage(len(prompt), out_tokens)}
+            out = {"id": cid, "object": "chat.completion", "created": created, "model": model,
+                   "system_fingerprint": None, "choices": choices, "usage": usage(len(prompt), out_tokens)}
+            if hits is not None:
+                out["sources"] = source_list(hits)
+            return out
 
         base = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
                 "system_fingerprint": None}
@@ -418,8 +441,11 @@ class Server:
             j = ev.index
             if j not in started:
                 started.add(j)
-                out.append(chunk([{"index": j, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                                   "finish_reason": None}]))
+                first = chunk([{"index": j, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                                "finish_reason": None}])
+                if hits is not None:
+                    first["sources"] = source_list(hits)
+                out.append(first)
             lp = None
             if n_top is not None and ev.logprobs:  # the logprobs of this chunk's tokens (held-back text too)
                 lp = {"content": [self.tt.chat_entry(t, v, ev.top_logprobs[k] if ev.top_logprobs else None)
@@ -431,6 +457,8 @@ class Server:
                 final = {"index": j, "delta": {}, "logprobs": None, "finish_reason": c.finish_reason}
                 if record:
                     final["answer_id"] = record([c])[0]
+                if hits is not None:
+                    final["citations"] = citations(c.text, hits)
                 out.append(chunk([final]))
             return out
 
@@ -587,4 +615,10 @@ def build_server(run: str | Path, stage: str = "sft", device: str = "cpu", db: s
     if opts.model_name == "chatforge":
         opts.model_name = f"chatforge-{Path(run).name}-{stage}"
     store = FeedbackStore(db or default_db_url(run)) if feedback else None
-    return Server(scheduler, Tokenizer.load(folder), store, opts)
+    from chatforge.retrieval.index import RetrievalIndex
+
+    index = RetrievalIndex.load(run)
+    if opts.retrieval and not index.docs:
+        raise ChatforgeError(f"--retrieval: {run}/index has no documents; add some with "
+                             f"`chatforge index add --run {run} FILES`")
+    return Server(scheduler, Tokenizer.load(folder), store, opts, index if index.docs else None)

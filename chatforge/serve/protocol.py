@@ -94,6 +94,9 @@ class ChatRequest(_Sampling):
     # recorded in the feedback store and its id returned in the choice as `answer_id`.
     store: bool = False
     metadata: dict[str, str] | None = None
+    # chatforge's own: answer from the run's retrieval index (None: the server's --retrieval default); the
+    # response then lists `sources` and each choice the `citations` its answer makes.
+    retrieval: bool | None = None
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens

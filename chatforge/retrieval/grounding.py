@@ -1,0 +1,71 @@
+"""Retrieval-augmented answering: put retrieved passages into the conversation, read citations back out.
+
+    hits = index.search(question, k=3)
+    msgs = grounded_messages(messages, hits)        # a system message listing [1] ... [k], then the chat
+    cited = citations(answer_text, hits)            # [{"n": 1, "chunk_id", "doc_id", "title"}] for valid [n]
+
+The passages go into a system message ahead of the conversation (after the user's own system message, if
+any), numbered from 1, with the instruction — in the question's language — to answer from them and cite
+them as [n]. `citations` returns each distinct [n] (also 【n】 and ［n］, which Chinese text uses) that names a
+retrieved passage, in order of first use; numbers that name no passage are dropped, so an API client
+never receives a source that wasn't retrieved.
+"""
+
+from __future__ import annotations
+
+import re
+
+from chatforge.data.clean.text import han_ratio
+
+_CITE = re.compile(r"[\[【［](\d{1,3})[\]】］]")
+
+INSTRUCTION = {
+    "en": "Answer the user's question using the sources below, and cite the sources you use as [1], [2]. "
+          "If the sources do not contain the answer, say that you don't know.",
+    "zh": "请根据下面的资料回答用户的问题，并用[1]、[2]这样的编号注明所用资料。如果资料中没有答案，就说不知道。",
+}
+
+
+def _lang(text: str) -> str:
+    return "zh" if han_ratio(text) >= 0.3 else "en"
+
+
+def last_user_text(messages: list[dict]) -> str:
+    """The question retrieval answers: the last user message's text."""
+    for m in reversed(messages):
+        if m["role"] == "user":
+            return m["content"]
+    return ""
+
+
+def sources_block(hits: list[dict], lang: str) -> str:
+    lines = [INSTRUCTION[lang], ""]
+    lines += [f"[{n}] {h['title']}: {h['text']}" for n, h in enumerate(hits, 1)]
+    return "\n".join(lines)
+
+
+def grounded_messages(messages: list[dict], hits: list[dict]) -> list[dict]:
+    """The conversation with a system message of numbered passages (unchanged when nothing was retrieved)."""
+    if not hits:
+        return list(messages)
+    block = {"role": "system", "content": sources_block(hits, _lang(last_user_text(messages)))}
+    head = 1 if messages and messages[0]["role"] == "system" else 0
+    return messages[:head] + [block] + messages[head:]
+
+
+def citations(text: str, hits: list[dict]) -> list[dict]:
+    """The retrieved passages the answer cites, by their [n], first use first; invalid numbers dropped."""
+    out, seen = [], set()
+    for m in _CITE.finditer(text):
+        n = int(m.group(1))
+        if 1 <= n <= len(hits) and n not in seen:
+            seen.add(n)
+            h = hits[n - 1]
+            out.append({"n": n, "chunk_id": h["chunk_id"], "doc_id": h["doc_id"], "title": h["title"]})
+    return out
+
+
+def source_list(hits: list[dict]) -> list[dict]:
+    """What an API response lists as its sources: every retrieved passage, numbered as in the prompt."""
+    return [{"n": n, "chunk_id": h["chunk_id"], "doc_id": h["doc_id"], "title": h["title"], "text": h["text"],
+             "score": round(h["score"], 4)} for n, h in enumerate(hits, 1)]
