@@ -1,6 +1,7 @@
 """Conversations -> token ids, and the terminal chat.
 
     chatforge chat --run runs/demo --stage sft [--system "You are ..."] [--temperature 0.7] [--top-p 0.9]
+    chatforge chat --run runs/demo --retrieval [-k 3]     # answers from the run's index, sources listed
 
 Commands inside the chat: /clear (forget the history), /system TEXT, /temp X, /top_p X, /max N,
 /regen (answer the last question again), /history, /quit. Answers stream token by token through the
@@ -32,9 +33,27 @@ class ChatSession:
     params: SamplingParams = field(default_factory=lambda: SamplingParams(max_tokens=256, temperature=0.7,
                                                                            top_p=0.9))
     history: list[dict] = field(default_factory=list)
+    index: object | None = None  # a RetrievalIndex: each question is answered from its passages
+    k: int = 3
+    hits: list[dict] = field(default_factory=list)  # the passages of the last answer
 
     def messages(self) -> list[dict]:
-        return ([{"role": "system", "content": self.system}] if self.system else []) + self.history
+        msgs = ([{"role": "system", "content": self.system}] if self.system else []) + self.history
+        if self.index is None:
+            return msgs
+        from chatforge.retrieval.grounding import grounded_messages
+
+        return grounded_messages(msgs, self.hits)
+
+    def sources_line(self, answer: str) -> str:
+        """The passages given for the last answer, and which of them it cited."""
+        from chatforge.retrieval.grounding import citations
+
+        if not self.hits:
+            return "(no passage in the index matches)"
+        cited = {c["n"] for c in citations(answer, self.hits)}
+        return "\n".join(f"  [{n}]{'*' if n in cited else ' '} {h['title']} ({h['doc_id']})"
+                         for n, h in enumerate(self.hits, 1))
 
     def fit_prompt(self) -> list[int]:
         """The conversation's ids, dropping the oldest turns when it outgrows the context."""
@@ -56,6 +75,10 @@ class ChatSession:
                 raise ChatforgeError("nothing to regenerate yet")
         else:
             self.history.append({"role": "user", "content": user_text})
+        if self.index is not None:
+            from chatforge.retrieval.grounding import last_user_text
+
+            self.hits = self.index.search(last_user_text(self.history), self.k)
         prompt = self.fit_prompt()
         text = ""
         for ev in self.engine.stream([prompt], self.params):
@@ -121,7 +144,9 @@ def run_terminal_chat(session: ChatSession, stdin=None, stdout=None) -> None:
             user = None
         show("assistant> ")
         try:
-            session.reply(user, show)
+            answer = session.reply(user, show)
+            if session.index is not None:
+                show("\nsources (* = cited):\n" + session.sources_line(answer))
         except ChatforgeError as e:
             show(f"[{e}]")
         show("\n")

@@ -265,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=0.9)
     p.add_argument("--max-tokens", type=int, default=256)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--retrieval", action="store_true", help="answer from the run's retrieval index, listing sources")
+    p.add_argument("-k", type=int, default=3, help="with --retrieval: passages per question")
 
     p = sub.add_parser("serve", help="OpenAI-compatible API + web chat page + feedback store")
     _add_run(p)
@@ -564,6 +566,13 @@ def main(argv: list[str] | None = None) -> int:
                                     seed=args.seed)
             params.validate()
             session = ChatSession(Engine(load_model(folder), Tokenizer.load(folder)), args.system, params)
+            if args.retrieval:
+                from chatforge.retrieval.index import RetrievalIndex
+
+                session.index, session.k = RetrievalIndex.load(args.run), args.k
+                if not session.index.docs:
+                    raise ChatforgeError(f"--retrieval: {args.run}/index has no documents; add some with "
+                                         f"`chatforge index add --run {args.run} FILES`")
             run_terminal_chat(session)
         elif args.command == "clean":
             from chatforge.data.clean.run import format_report
