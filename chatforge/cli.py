@@ -292,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("index", help="the retrieval index: add / delete documents, search passages, list")
     actions = p.add_subparsers(dest="action", required=True)
-    for name, what in (("add", "files / folders (.jsonl .txt .md .html)"), ("delete", "document ids or source files"),
+    for name, what in (("add", "files / folders (.jsonl .txt .md .html .pdf)"), ("delete", "document ids or source files"),
                        ("search", "the query"), ("list", None)):
         q = actions.add_parser(name)
         _add_run(q)

@@ -77,6 +77,37 @@ def test_chinese_questions_find_the_chinese_passage(tmp_path):
     assert idx.search("完全无关 xyzzy") == []  # no shared term: nothing rather than noise
 
 
+def _pdf(lines: list[str]) -> bytes:
+    """A one-page PDF with a text layer, written by hand (no PDF writer needed)."""
+    content = "BT /F1 12 Tf 72 720 Td 14 TL " + " ".join(f"({line}) '" for line in lines) + " ET"
+    objs = ["<< /Type /Catalog /Pages 2 0 R >>", "<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+            "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 4 0 R >> >> "
+            "/Contents 5 0 R >>", "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+            f"<< /Length {len(content)} >>\nstream\n{content}\nendstream"]
+    out, offsets = b"%PDF-1.4\n", []
+    for i, obj in enumerate(objs, 1):
+        offsets.append(len(out))
+        out += f"{i} 0 obj\n{obj}\nendobj\n".encode()
+    xref = len(out)
+    out += f"xref\n0 {len(objs) + 1}\n0000000000 65535 f \n".encode()
+    out += b"".join(f"{o:010d} 00000 n \n".encode() for o in offsets)
+    return out + f"trailer\n<< /Size {len(objs) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+
+
+def test_pdf_text_layer_is_indexed_and_a_damaged_pdf_is_an_error(tmp_path):
+    (tmp_path / "kalo.pdf").write_bytes(_pdf(["Kalo Guide", "The town of Kalo lies on the Red River.", "Tea grows there."]))
+    (tmp_path / "blank.pdf").write_bytes(_pdf([]))
+    docs, skipped = read_documents([str(tmp_path)])
+    assert [d["title"] for d in docs] == ["Kalo Guide"] and "Red River" in docs[0]["text"]
+    assert skipped == {"pdf_without_text": 1}  # a scan without a text layer: counted, not indexed
+    idx = RetrievalIndex.load(tmp_path)
+    idx.add(docs)
+    assert idx.search("Which river is Kalo on?", k=1)[0]["doc_id"] == str(tmp_path / "kalo.pdf")
+    (tmp_path / "bad.pdf").write_bytes(b"%PDF-1.4 truncated")
+    with pytest.raises(ChatforgeError, match="not a readable PDF"):
+        read_documents([str(tmp_path / "bad.pdf")])
+
+
 def test_reading_files_and_the_cli(tmp_path, capsys):
     docs = tmp_path / "docs"
     docs.mkdir()

@@ -5,7 +5,8 @@
     terms("雷努镇位于赤河边")                                      # ['雷', '雷努', '努', '努镇', ...]
 
 Files: .jsonl (one document per record: `text`, optional `id` and `title`), .txt / .md (one document per
-file; a Markdown "# heading" or the first line is its title), .html / .htm (main content via trafilatura).
+file; a Markdown "# heading" or the first line is its title), .html / .htm (main content via trafilatura),
+.pdf (the text layer, page by page, via pypdf; a scanned PDF without one is a counted skip, not OCR'd).
 Passages break at paragraph, then sentence boundaries (English and Chinese punctuation) so a cited passage
 reads as whole sentences. Terms: lower-cased English words and numbers, and for Chinese every Han character
 and every pair of neighbouring Han characters: a word segmenter's dictionary (jieba) does not know the
@@ -22,7 +23,7 @@ from pathlib import Path
 from chatforge import ChatforgeError
 from chatforge.textio import list_text_files
 
-SUFFIXES = (".jsonl", ".txt", ".md", ".html", ".htm")
+SUFFIXES = (".jsonl", ".txt", ".md", ".html", ".htm", ".pdf")
 _WORD = re.compile(r"[a-z0-9]+|[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
 _HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？；;])")  # split after the mark, keep the spacing
@@ -53,6 +54,13 @@ def read_documents(paths: list[str | Path]) -> tuple[list[dict], Counter]:
     docs: list[dict] = []
     skipped: Counter = Counter()
     for f in list_text_files(paths, SUFFIXES):
+        if f.suffix == ".pdf":
+            text = pdf_text(f)
+            if text.strip():
+                docs.append({"doc_id": str(f), "title": _title_of(text, f.stem), "text": text, "source": str(f)})
+            else:
+                skipped["pdf_without_text"] += 1
+            continue
         if f.suffix in (".txt", ".md"):
             try:
                 text = f.read_text(encoding="utf-8")
@@ -68,6 +76,18 @@ def read_documents(paths: list[str | Path]) -> tuple[list[dict], Counter]:
             title = rec.get("title") if isinstance(rec.get("title"), str) else _title_of(rec["text"], f.stem)
             docs.append({"doc_id": doc_id, "title": title, "text": rec["text"], "source": str(f)})
     return docs, skipped
+
+
+def pdf_text(f: Path) -> str:
+    """The text layer of a PDF, pages separated by blank lines (so passages don't straddle pages)."""
+    import pypdf
+
+    try:
+        reader = pypdf.PdfReader(f)
+        pages = [page.extract_text() or "" for page in reader.pages]
+    except Exception as e:  # noqa: BLE001 - pypdf raises many types for damaged files
+        raise ChatforgeError(f"{f}: not a readable PDF ({e})") from None
+    return "\n\n".join(p.strip() for p in pages if p.strip())
 
 
 def _pieces(text: str, max_chars: int) -> list[tuple[str, str]]:
