@@ -256,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", default="base", help="a model stage, or several to compare: sft,ppo,dpo")
     p.add_argument("--tasks", default=None, help="comma-separated subset, e.g. knowledge_qa,icl")
     p.add_argument("--limit", type=int, default=None, help="at most N items per task")
+    p.add_argument("--self-consistency", type=int, default=0, metavar="K",
+                   help="also score the arithmetic tasks by the majority answer of K samples (rows <task>@scK)")
 
     p = sub.add_parser("chat", help="chat with a model in the terminal (streaming, history, /commands)")
     _add_run(p)
@@ -552,7 +554,8 @@ def main(argv: list[str] | None = None) -> int:
 
             tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
             stages = [s.strip() for s in args.stage.split(",") if s.strip()]
-            results = [run_suite(args.run, s, tasks, args.limit) for s in stages]
+            results = [run_suite(args.run, s, tasks, args.limit, self_consistency=args.self_consistency)
+                       for s in stages]
             print(compare_table(results) if len(results) > 1 else format_table(results[0]))
         elif args.command == "chat":
             from chatforge.chat import ChatSession, run_terminal_chat

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from chatforge import ChatforgeError
 from chatforge.engine import Engine, SamplingParams
+from chatforge.eval.consistency import SC_TASKS, self_consistent_answers
 from chatforge.eval.scorers import SCORERS, bits_per_byte, is_refusal, says_unknown
 from chatforge.model import GPT, load_model
 from chatforge.run import atomic_write_text, model_dir, require_run, stage_dir
@@ -79,20 +80,26 @@ def few_shot_prompt(tok: Tokenizer, item: dict, pool: list[dict], budget: int) -
 BASE_STOPS = ["\n\n", "\nQuestion:"]  # a base model's answer ends where its next few-shot block would start
 
 
-def answer_items(engine: Engine, items: list[dict], chat: bool) -> list[str]:
-    """Greedy answers to a task's items, all through the engine in one batched call."""
+def item_prompts(engine: Engine, items: list[dict], chat: bool) -> list[tuple[list[int], int, list[str]]]:
+    """(prompt ids, new-token budget, stop strings) per item: the chat template for chat models, a few-shot
+    prompt for base models."""
     tok, ctx = engine.tok, engine.model.cfg.max_seq_len
-    prompts, params = [], []
+    out = []
     for item in items:
         new = MAX_NEW_TOKENS.get(item["task"], DEFAULT_NEW_TOKENS)
         budget = ctx - new
         if chat:
-            prompts.append(tok.encode_chat(item["messages"], add_generation_prompt=True)[-budget:])
-            params.append(SamplingParams(max_tokens=new, temperature=0.0))
+            out.append((tok.encode_chat(item["messages"], add_generation_prompt=True)[-budget:], new, []))
         else:
-            prompts.append(few_shot_prompt(tok, item, items, budget))
-            params.append(SamplingParams(max_tokens=new, temperature=0.0, stop=BASE_STOPS))
-    return [c.text.strip() for c in engine.generate(prompts, params)]
+            out.append((few_shot_prompt(tok, item, items, budget), new, BASE_STOPS))
+    return out
+
+
+def answer_items(engine: Engine, items: list[dict], chat: bool) -> list[str]:
+    """Greedy answers to a task's items, all through the engine in one batched call."""
+    built = item_prompts(engine, items, chat)
+    params = [SamplingParams(max_tokens=new, temperature=0.0, stop=stop) for _, new, stop in built]
+    return [c.text.strip() for c in engine.generate([p for p, _, _ in built], params)]
 
 
 @torch.no_grad()
@@ -153,12 +160,13 @@ def compare_table(results: list[dict]) -> str:
 
 
 def run_suite(run: str | Path, stage: str, tasks: list[str] | None = None, limit: int | None = None,
-              progress: bool = True) -> dict:
+              progress: bool = True, self_consistency: int = 0) -> dict:
     """Score the model of `stage` and write <run>/eval/<stage>.json."""
     run = require_run(run)
     folder = model_dir(run, stage)
     model, tok = load_model(folder).eval(), Tokenizer.load(folder)
-    results = {"stage": stage, **score_model(run, model, tok, stage != "base", tasks, limit, progress)}
+    results = {"stage": stage, **score_model(run, model, tok, stage != "base", tasks, limit, progress,
+                                             self_consistency)}
     out = stage_dir(run, "eval")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / f"{stage}.json", json.dumps(results, indent=2, ensure_ascii=False))
@@ -172,8 +180,10 @@ def instruction_score(results: dict) -> float:
 
 
 def score_model(run: Path, model: GPT, tok: Tokenizer, chat: bool, tasks: list[str] | None = None,
-                limit: int | None = None, progress: bool = True) -> dict:
-    """The suite on an in-memory model (no files written): {"mode", "tasks": {task: {...}}, "seconds"}."""
+                limit: int | None = None, progress: bool = True, self_consistency: int = 0) -> dict:
+    """The suite on an in-memory model (no files written): {"mode", "tasks": {task: {...}}, "seconds"}.
+    `self_consistency` k > 1 adds `<task>@sc<k>` rows for the arithmetic tasks: the majority answer of k
+    samples (temperature 0.7) per item (eval/consistency.py)."""
     model.eval()
     engine = Engine(model, tok, max_batch=16)
     results: dict = {"mode": "chat" if chat else f"{SHOTS}-shot", "tasks": {}}
@@ -202,6 +212,15 @@ def score_model(run: Path, model: GPT, tok: Tokenizer, chat: bool, tasks: list[s
         results["tasks"][task] = {"score": sum(scores) / len(scores), "n": len(scores),
                                   "metric": METRIC.get(task, "score"), "samples": samples,
                                   **_decision_rates(task, items, preds)}
+        if self_consistency > 1 and task in SC_TASKS:
+            built = item_prompts(engine, items, chat)
+            voted = self_consistent_answers(engine, [p for p, _, _ in built], items, self_consistency,
+                                            built[0][1], stop=built[0][2])
+            sc = [SCORERS[it["scorer"]](pred, it) for it, pred in zip(items, voted)]
+            results["tasks"][f"{task}@sc{self_consistency}"] = {
+                "score": sum(sc) / len(sc), "n": len(sc),
+                "metric": f"accuracy of the majority answer of {self_consistency} samples (temperature 0.7)",
+                "samples": [{"id": it["id"], "prediction": p} for it, p in list(zip(items, voted))[:3]]}
     results["seconds"] = round(time.perf_counter() - t0, 1)
     return results
 
