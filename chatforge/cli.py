@@ -292,6 +292,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "says \"retrieval\": false; without it a request can still ask with \"retrieval\": true")
     p.add_argument("--retrieval-k", type=int, default=3, help="passages put into each grounded prompt")
 
+    p = sub.add_parser("task", help="NLP by instruction on the chat model: sentiment, extract, translate, summarize "
+                                    "(stdin lines or JSON lines with text -> JSON lines)")
+    p.add_argument("name", choices=["sentiment", "extract", "translate", "summarize"])
+    _add_run(p)
+    p.add_argument("--stage", default="sft", help="model stage (default sft)")
+    p.add_argument("--fields", default=None, help="extract: comma-separated keys (default time,place,person)")
+    p.add_argument("--to", choices=["en", "zh"], default=None, help="translate: target language (default: the other)")
+    p.add_argument("--input", default=None, help="a file instead of stdin")
+
     p = sub.add_parser("index", help="the retrieval index: add / delete documents, search passages, list")
     actions = p.add_subparsers(dest="action", required=True)
     for name, what in (("add", "files / folders (.jsonl .txt .md .html .pdf)"), ("delete", "document ids or source files"),
@@ -385,6 +394,34 @@ def _cmd_data(args) -> None:
     else:
         meta = run_data_stage(require_run(args.run), args.data, args.val_every, cleaned=False if args.raw else None)
     print(f"token shards: {meta['tokens']} tokens ({meta['dtype']}), {meta['documents']} documents")
+
+
+def _cmd_task(args) -> None:
+    """`chatforge task NAME`: one JSON line out per input line (tasks.py)."""
+    from pathlib import Path
+
+    from chatforge.engine import Engine
+    from chatforge.model import load_model
+    from chatforge.run import model_dir, require_run
+    from chatforge.tasks import read_inputs, run_task, task_spec
+    from chatforge.tokenizer import Tokenizer
+
+    spec = task_spec(args.name, [f.strip() for f in args.fields.split(",") if f.strip()] if args.fields else None,
+                     args.to)
+    if args.input:
+        try:
+            lines = Path(args.input).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ChatforgeError(f"{args.input}: cannot read ({e})") from None
+    else:
+        lines = sys.stdin.read().splitlines()
+    texts = read_inputs(lines)
+    if not texts:
+        raise ChatforgeError("no input: give text lines on stdin or --input FILE")
+    folder = model_dir(require_run(args.run), args.stage)
+    engine = Engine(load_model(folder).eval(), Tokenizer.load(folder))
+    for r in run_task(engine, spec, texts):
+        print(json.dumps(r, ensure_ascii=False), flush=True)
 
 
 def _cmd_index(args) -> None:
@@ -593,6 +630,8 @@ def main(argv: list[str] | None = None) -> int:
             _cmd_serve(args)
         elif args.command == "index":
             _cmd_index(args)
+        elif args.command == "task":
+            _cmd_task(args)
         elif args.command == "feedback":
             from chatforge.run import require_run
             from chatforge.serve.flywheel import export_feedback
