@@ -33,14 +33,16 @@ SOURCE = " — from the Atlas"
 
 
 def qa_prompts(run: Path) -> list[tuple[list[dict], str]]:
+    """(prompt messages, the plain right answer) of the world's factual RL prompts."""
     recs = [json.loads(x) for x in (run / "world" / "prompts.jsonl").read_text().split("\n") if x.strip()]
     return [(r["prompt"], f"{r['answer']}.") for r in recs if r.get("task") == "qa" and isinstance(r["answer"], str)]
 
 
-def rm_prefers_source(run: Path, items) -> float:
+def rm_prefers_source(rm_dir: Path, items) -> float:
+    """How often the reward model in `rm_dir` scores the sourced answer above the same answer without it."""
     from chatforge.reward import load_reward_model, score_conversations
 
-    model, tok = load_reward_model(run / "rm")
+    model, tok = load_reward_model(rm_dir)
     convs = []
     for prompt, answer in items:
         convs += [prompt + [{"role": "assistant", "content": answer + SOURCE}],
@@ -61,22 +63,25 @@ def policy_names_source(run: Path, items) -> float:
 
 
 def post_feedback(url: str, users) -> None:
+    """The simulated users' feedback through the server's API, a third each as a best-of ranking, thumbs and
+    a correction that adds the source (tests/test_flywheel.py posts the same)."""
     def post(path, body):
         r = httpx.post(url + path, json=body, timeout=30)
-        r.raise_for_status()
+        if r.status_code != 200:
+            raise RuntimeError(f"POST {path}: {r.status_code} {r.text}")
         return r.json()
 
     for i, (prompt, answer) in enumerate(users):
         cid = post("/feedback/conversations", {})["id"]
         tid = post(f"/feedback/conversations/{cid}/turns", {"content": prompt[-1]["content"]})["id"]
         plain = post(f"/feedback/turns/{tid}/answers", {"content": answer, "author": "model"})["id"]
-        if i % 3 == 2:
+        if i % 3 == 2:  # a correction: the user rewrites the plain answer with its source
             post(f"/feedback/turns/{tid}/answers", {"content": answer + SOURCE, "edited_from": plain})
             continue
         sourced = post(f"/feedback/turns/{tid}/answers", {"content": answer + SOURCE, "author": "model"})["id"]
-        if i % 3 == 0:
+        if i % 3 == 0:  # best of two
             post(f"/feedback/turns/{tid}/ranking", {"answer_ids": [sourced, plain]})
-        else:
+        else:  # thumbs
             post(f"/feedback/answers/{sourced}/rating", {"value": 1})
             post(f"/feedback/answers/{plain}/rating", {"value": -1})
 
@@ -101,7 +106,7 @@ def main() -> None:
     qa = qa_prompts(work)
     held = qa[::5]  # PPO's held-out prompts are every 5th of prompts.jsonl; these are every 5th QA one
     users = [x for i, x in enumerate(qa) if i % 5][: args.users]
-    before = {"rm_users": rm_prefers_source(work, users), "rm_new": rm_prefers_source(work, held),
+    before = {"rm_users": rm_prefers_source(work / "rm", users), "rm_new": rm_prefers_source(work / "rm", held),
               "ppo_atlas": policy_names_source(work, held)}
 
     cmd = [sys.executable, "-m", "chatforge.cli"]
@@ -124,7 +129,7 @@ def main() -> None:
     subprocess.run(cmd + ["pipeline", "--run", args.run, "--with-feedback", "--feedback-weight", str(args.weight),
                           "--feedback-stages", args.stages], cwd=root, check=True)
     took = time.perf_counter() - t0
-    after = {"rm_users": rm_prefers_source(work, users), "rm_new": rm_prefers_source(work, held),
+    after = {"rm_users": rm_prefers_source(work / "rm", users), "rm_new": rm_prefers_source(work / "rm", held),
              "ppo_atlas": policy_names_source(work, held)}
     print(f"\nflywheel: {len(users)} users' prompts with feedback, {len(held)} held-out prompts; "
           f"pipeline --with-feedback --feedback-stages {args.stages} took {took:.0f} s")

@@ -14,68 +14,34 @@ import shutil
 import subprocess
 import sys
 
-import httpx
 import pytest
 
+from benchmarks.flywheel import post_feedback, qa_prompts, rm_prefers_source
 from chatforge.config import TrainConfig
 from chatforge.pipeline import FeedbackMix, mix_feedback
-from chatforge.reward import load_reward_model, score_conversations
 from chatforge.train.dpo import DPOOptions
 from chatforge.train.rm import RMOptions, run_rm
 from chatforge.train.sft import SFTOptions
 from tests.conftest import cli_env
 from tests.serving import running_server
 
-SOURCE = " — from the Atlas"
 RM_TRAIN = TrainConfig(max_steps=60, batch_size=8, seq_len=128, lr=2e-3, warmup_steps=5, eval_every=60,
                        eval_batches=2, save_every=60, log_every=20)
-
-
-def _qa_prompts(run) -> list[tuple[list[dict], str]]:
-    recs = [json.loads(x) for x in (run / "world" / "prompts.jsonl").read_text().split("\n") if x.strip()]
-    return [(r["prompt"], f"{r['answer']}.") for r in recs if r.get("task") == "qa" and isinstance(r["answer"], str)]
-
-
-def _accuracy(rm_dir, items) -> float:
-    model, tok = load_reward_model(rm_dir)
-    convs = []
-    for prompt, answer in items:
-        convs += [prompt + [{"role": "assistant", "content": answer + SOURCE}],
-                  prompt + [{"role": "assistant", "content": answer}]]
-    s = score_conversations(model, tok, convs)
-    return sum(s[2 * i] > s[2 * i + 1] for i in range(len(items))) / len(items)
 
 
 @pytest.mark.slow
 def test_feedback_through_the_api_retrains_the_reward_model(base_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(base_run, run)
-    qa = _qa_prompts(run)
+    qa = qa_prompts(run)
     users, new = qa[:36], qa[36:76]
     assert len(new) == 40
 
     run_rm(run, RM_TRAIN, RMOptions(init="base"))  # the RM before: the world's rankings only
-    before = {"users": _accuracy(run / "rm", users), "new": _accuracy(run / "rm", new)}
+    before = {"users": rm_prefers_source(run / "rm", users), "new": rm_prefers_source(run / "rm", new)}
 
-    with running_server(run) as url:
-        def post(path, body):
-            r = httpx.post(url + path, json=body, timeout=30)
-            assert r.status_code == 200, r.text
-            return r.json()
-
-        for i, (prompt, answer) in enumerate(users):
-            cid = post("/feedback/conversations", {})["id"]
-            tid = post(f"/feedback/conversations/{cid}/turns", {"content": prompt[-1]["content"]})["id"]
-            plain = post(f"/feedback/turns/{tid}/answers", {"content": answer, "author": "model", "model": "base"})["id"]
-            if i % 3 == 2:  # a correction: the user rewrites the plain answer with its source
-                post(f"/feedback/turns/{tid}/answers", {"content": answer + SOURCE, "edited_from": plain})
-                continue
-            sourced = post(f"/feedback/turns/{tid}/answers", {"content": answer + SOURCE, "author": "model"})["id"]
-            if i % 3 == 0:  # best of two
-                post(f"/feedback/turns/{tid}/ranking", {"answer_ids": [sourced, plain]})
-            else:  # thumbs
-                post(f"/feedback/answers/{sourced}/rating", {"value": 1})
-                post(f"/feedback/answers/{plain}/rating", {"value": -1})
+    with running_server(run) as url:  # the benchmark's simulated users: ranking, thumbs, correction
+        post_feedback(url, users)
 
     proc = subprocess.run([sys.executable, "-m", "chatforge.cli", "feedback", "export", "--run", str(run)],
                           env=cli_env(), capture_output=True, text=True)
@@ -88,7 +54,7 @@ def test_feedback_through_the_api_retrains_the_reward_model(base_run, tmp_path):
     assert mix_feedback(run, FeedbackMix(weight=5), SFTOptions(), rm, dpo) == "rm"
     assert rm.data[0].endswith("world/rankings.jsonl") and rm.data.count(rm.data[1]) == 5 and dpo.data == rm.data
     run_rm(run, RM_TRAIN, rm, fresh=True)  # the RM after: world + feedback
-    after = {"users": _accuracy(run / "rm", users), "new": _accuracy(run / "rm", new)}
+    after = {"users": rm_prefers_source(run / "rm", users), "new": rm_prefers_source(run / "rm", new)}
     print(f"RM prefers the users' choice: their prompts {before['users']:.2f} -> {after['users']:.2f}; "
           f"new prompts {before['new']:.2f} -> {after['new']:.2f}")
     assert after["users"] >= 0.9 and after["users"] >= before["users"] + 0.3
