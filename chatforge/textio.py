@@ -64,3 +64,13 @@ def _numbered_lines(fh, f: Path) -> Iterator[tuple[int, str]]:
             yield lineno, line
     except UnicodeDecodeError:
         raise ChatforgeError(f"{f}: line {lineno + 1} is not UTF-8 text; convert the file to UTF-8") from None
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The records of a JSON-lines file this project wrote. Split on "\\n" only: `str.splitlines` also breaks
+    at U+2028 / U+0085, which `ensure_ascii=False` JSON carries raw inside strings."""
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        return [json.loads(line) for line in text.split("\n") if line.strip()]
+    except json.JSONDecodeError as e:
+        raise ChatforgeError(f"{path}: damaged JSON lines ({e.msg}); rebuild it") from None

@@ -67,6 +67,13 @@ def test_add_search_update_delete_and_reload(tmp_path):
     assert third.delete(["t.jsonl"]) and not third.docs  # by source file: every document read from it
 
 
+def test_text_with_unicode_line_separators_survives_a_reload(tmp_path):
+    idx = RetrievalIndex.load(tmp_path)
+    idx.add([{"doc_id": "pdf", "title": "Odd", "source": "x.pdf", "text": "Kalo tea\u2028grows\x85well."}])
+    idx.save()
+    assert RetrievalIndex.load(tmp_path).search("Kalo tea", k=1)[0]["text"] == "Kalo tea\u2028grows\x85well."
+
+
 def test_chinese_questions_find_the_chinese_passage(tmp_path):
     idx = RetrievalIndex.load(tmp_path)
     idx.add(world_docs())

@@ -27,6 +27,7 @@ from chatforge.eval.consistency import SC_TASKS, self_consistent_answers
 from chatforge.eval.scorers import SCORERS, bits_per_byte, is_refusal, says_unknown
 from chatforge.model import GPT, load_model
 from chatforge.run import atomic_write_text, model_dir, require_run, stage_dir
+from chatforge.textio import read_jsonl
 from chatforge.tokenizer import Tokenizer
 
 SHOTS = 3
@@ -53,8 +54,7 @@ def load_tasks(run: Path, tasks: list[str] | None, limit: int | None) -> dict[st
         raise ChatforgeError(f"unknown eval task(s) {unknown}; available: {available}")
     out = {}
     for t in wanted:
-        text = (folder / f"{t}.jsonl").read_text(encoding="utf-8")
-        items = [json.loads(line) for line in text.split("\n") if line]  # not splitlines(): U+2028 etc.
+        items = read_jsonl(folder / f"{t}.jsonl")
         out[t] = items[:limit] if limit else items
     return out
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from chatforge import ChatforgeError
 from chatforge.retrieval.chunks import chunk_document, content_hash, terms
+from chatforge.textio import read_jsonl
 
 FORMAT = 1
 
@@ -47,12 +48,10 @@ class RetrievalIndex:
             raise ChatforgeError(f"{folder}: index format {meta.get('format')} is not {FORMAT}; delete the folder "
                                  f"and add the documents again")
         idx = cls(folder, meta["max_chars"])
-        for line in (folder / "docs.jsonl").read_text(encoding="utf-8").splitlines():
-            d = json.loads(line)
+        for d in read_jsonl(folder / "docs.jsonl"):
             idx.docs[d["doc_id"]] = d
             idx.chunks[d["doc_id"]] = []
-        for line in (folder / "chunks.jsonl").read_text(encoding="utf-8").splitlines():
-            c = json.loads(line)
+        for c in read_jsonl(folder / "chunks.jsonl"):
             idx.chunks[c["doc_id"]].append(c)
         if idx.chunks:
             import bm25s

@@ -11,8 +11,9 @@ full-width signs a model writes in Chinese text (× ÷ − ＋ － ＊ ／ （ �
 attributes, subscripts, strings, comparisons, lambdas — is refused before anything is computed. Limits keep
 "arithmetic" from becoming a denial of service: expression length, exponent size, result size, nesting.
 
-`run_tool_calls` is the hook a chat model uses: it writes `<<calc: EXPR>>`, and the engine (or the eval)
-replaces each call by `<<calc: EXPR = RESULT>>` (or `= error: ...`), so the model can continue from the value.
+`run_tool_calls` is the hook for a chat model that writes `<<calc: EXPR>>`: a caller replaces each call by
+`<<calc: EXPR = RESULT>>` (or `= error: ...`) so the model can continue from the value. Not yet wired into
+the engine or the eval, and no demonstration teaches the model to call it.
 """
 
 from __future__ import annotations
@@ -42,7 +43,10 @@ def _number(node: ast.AST, depth: int) -> Fraction:
     if depth > MAX_DEPTH:
         raise CalculatorError("expression nested too deeply")
     if isinstance(node, ast.Constant) and type(node.value) in (int, float):
-        return Fraction(str(node.value))  # exact decimals: 0.1 + 0.2 == 0.3
+        try:
+            return Fraction(str(node.value))  # exact decimals: 0.1 + 0.2 == 0.3
+        except (ValueError, OverflowError):  # 1e400 parses as inf
+            raise CalculatorError("number out of range") from None
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
         return _UNARY[type(node.op)](_number(node.operand, depth + 1))
     if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:

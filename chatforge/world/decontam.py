@@ -1,11 +1,14 @@
 """N-gram decontamination: no eval item may share a 13-gram with training data.
 
 Units are lower-cased words and numbers for Latin text and single characters for CJK text, so a
-13-gram is a phrase of 13 words or 13 Chinese characters (punctuation ignored).
+13-gram is a phrase of 13 words or 13 Chinese characters (punctuation ignored). N-gram keys are stable
+64-bit hashes (blake2b), not Python's per-process `hash`, so an index built in one process is valid in
+every worker (the cleaning stage decontaminates on a process pool's output with the same keys).
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable
 
@@ -19,7 +22,8 @@ def units(text: str) -> list[str]:
 
 def ngrams(text: str, n: int = N) -> set[int]:
     u = units(text)
-    return {hash(tuple(u[i:i + n])) for i in range(len(u) - n + 1)}
+    return {int.from_bytes(hashlib.blake2b("\x1f".join(u[i:i + n]).encode("utf-8"), digest_size=8).digest(), "little")
+            for i in range(len(u) - n + 1)}
 
 
 def build_index(texts: Iterable[str], n: int = N) -> set[int]:
