@@ -609,10 +609,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.retrieval:
                 from chatforge.retrieval.index import RetrievalIndex
 
-                session.index, session.k = RetrievalIndex.load(args.run), args.k
-                if not session.index.docs:
-                    raise ChatforgeError(f"--retrieval: {args.run}/index has no documents; add some with "
-                                         f"`chatforge index add --run {args.run} FILES`")
+                session.index, session.k = RetrievalIndex.load_nonempty(args.run), args.k
             run_terminal_chat(session)
         elif args.command == "clean":
             from chatforge.data.clean.run import format_report

@@ -34,22 +34,20 @@ def stage_dir(run: str | Path, stage: str) -> Path:
 def reads_cleaned(run: str | Path, data: list[str] | None, cleaned: bool | None = None) -> bool:
     """Whether the tokenizer and data stages read `clean/docs.jsonl`: never when the user names files; else
     as asked (`cleaned`), or — None — whenever the run has a complete clean stage."""
-    done = is_complete(stage_dir(run, "clean"))
     if data or cleaned is False:
         return False
+    done = is_complete(stage_dir(run, "clean"))
     if cleaned and not done:
         raise ChatforgeError(f"{stage_dir(run, 'clean')}: no complete cleaning run; run `chatforge clean --run {run}` first")
     return done
 
 
-def text_sources(run: str | Path, data: list[str] | None, cleaned: bool | None = None) -> list[str]:
-    """The text the tokenizer and data stages read: the user's files, else the cleaned documents (see
-    reads_cleaned), else the world's raw documents."""
+def text_sources(run: str | Path, data: list[str] | None, cleaned: bool) -> list[str]:
+    """The text the tokenizer and data stages read: the user's files, else the cleaned documents when
+    `cleaned` (as resolved by reads_cleaned), else the world's raw documents."""
     if data:
         return data
-    if reads_cleaned(run, data, cleaned):
-        return [str(stage_dir(run, "clean") / "docs.jsonl")]
-    return [str(stage_dir(run, "world") / "raw")]
+    return [str(stage_dir(run, "clean") / "docs.jsonl" if cleaned else stage_dir(run, "world") / "raw")]
 
 
 def read_json(path: Path, what: str = "file") -> dict:

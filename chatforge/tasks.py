@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from chatforge import ChatforgeError
-from chatforge.data.clean.text import han_ratio
+from chatforge.data.clean.text import is_chinese as _zh
 from chatforge.engine import Engine, SamplingParams
 from chatforge.eval.scorers import parse_json_object, sentiment_label
 
@@ -32,10 +32,6 @@ class TaskSpec:
     stricter: str                           # appended on the retry
     check: Callable[[str, str], object]     # (answer, input) -> structured output, or None when invalid
     max_tokens: int = 64
-
-
-def _zh(text: str) -> bool:
-    return han_ratio(text) >= 0.3
 
 
 def task_spec(name: str, fields: list[str] | None = None, to: str | None = None) -> TaskSpec:

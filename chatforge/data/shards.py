@@ -57,7 +57,7 @@ class _ShardWriter:
                 self._open()
             cur = self.shards[-1]
             t, j = cur["tokens"], i
-            while j < len(docs) and (j == i or t < self.shard_tokens):  # the same boundary rule as add()
+            while j < len(docs) and (j == i or t < self.shard_tokens):  # a shard takes whole documents until full
                 self._starts.append(t)
                 t += len(docs[j]) + 2
                 j += 1

@@ -95,9 +95,10 @@ def item_prompts(engine: Engine, items: list[dict], chat: bool) -> list[tuple[li
     return out
 
 
-def answer_items(engine: Engine, items: list[dict], chat: bool) -> list[str]:
-    """Greedy answers to a task's items, all through the engine in one batched call."""
-    built = item_prompts(engine, items, chat)
+def answer_items(engine: Engine, items: list[dict], chat: bool, built: list | None = None) -> list[str]:
+    """Greedy answers to a task's items, all through the engine in one batched call (`built`: their
+    item_prompts, when the caller has them already)."""
+    built = built or item_prompts(engine, items, chat)
     params = [SamplingParams(max_tokens=new, temperature=0.0, stop=stop) for _, new, stop in built]
     return [c.text.strip() for c in engine.generate([p for p, _, _ in built], params)]
 
@@ -203,7 +204,8 @@ def score_model(run: Path, model: GPT, tok: Tokenizer, chat: bool, tasks: list[s
             results["tasks"][task] = {"score": sum(right) / len(right), "n": len(items), "metric": METRIC[task]}
             continue
         scores, samples = [], []
-        preds = answer_items(engine, items, chat)
+        built = item_prompts(engine, items, chat)
+        preds = answer_items(engine, items, chat, built)
         for it, pred in zip(items, preds):
             score = SCORERS[it["scorer"]](pred, it)
             scores.append(score)
@@ -213,7 +215,6 @@ def score_model(run: Path, model: GPT, tok: Tokenizer, chat: bool, tasks: list[s
                                   "metric": METRIC.get(task, "score"), "samples": samples,
                                   **_decision_rates(task, items, preds)}
         if self_consistency > 1 and task in SC_TASKS:
-            built = item_prompts(engine, items, chat)
             voted = self_consistent_answers(engine, [p for p, _, _ in built], items, self_consistency,
                                             built[0][1], stop=built[0][2])
             sc = [SCORERS[it["scorer"]](pred, it) for it, pred in zip(items, voted)]

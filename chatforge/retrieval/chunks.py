@@ -49,27 +49,17 @@ def _title_of(text: str, fallback: str) -> str:
 
 def read_documents(paths: list[str | Path]) -> tuple[list[dict], Counter]:
     """Documents of these files / folders, and counted skips (bad jsonl lines, pages with no main content)."""
-    from chatforge.data.clean.ingest import iter_file
+    from chatforge.data.clean.ingest import iter_file, read_text
 
     docs: list[dict] = []
     skipped: Counter = Counter()
     for f in list_text_files(paths, SUFFIXES):
-        if f.suffix == ".pdf":
-            text = pdf_text(f)
+        if f.suffix in (".pdf", ".txt", ".md"):  # one document per file
+            text = pdf_text(f) if f.suffix == ".pdf" else read_text(f)
             if text.strip():
                 docs.append({"doc_id": str(f), "title": _title_of(text, f.stem), "text": text, "source": str(f)})
             else:
-                skipped["pdf_without_text"] += 1
-            continue
-        if f.suffix in (".txt", ".md"):
-            try:
-                text = f.read_text(encoding="utf-8")
-            except UnicodeDecodeError as e:
-                raise ChatforgeError(f"{f}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-            if text.strip():
-                docs.append({"doc_id": str(f), "title": _title_of(text, f.stem), "text": text, "source": str(f)})
-            else:
-                skipped["empty_file"] += 1
+                skipped["pdf_without_text" if f.suffix == ".pdf" else "empty_file"] += 1
             continue
         for rec in iter_file(f, skipped):
             doc_id = str(rec["id"]) if f.suffix == ".jsonl" and "id" in rec else f"{f}:{rec['id']}"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-from chatforge.data.clean.text import han_ratio
+from chatforge.data.clean.text import is_chinese
 
 _CITE = re.compile(r"[\[【［](\d{1,3})[\]】］]")
 
@@ -27,7 +27,7 @@ INSTRUCTION = {
 
 
 def _lang(text: str) -> str:
-    return "zh" if han_ratio(text) >= 0.3 else "en"
+    return "zh" if is_chinese(text) else "en"
 
 
 def last_user_text(messages: list[dict]) -> str:
@@ -51,6 +51,12 @@ def grounded_messages(messages: list[dict], hits: list[dict]) -> list[dict]:
     block = {"role": "system", "content": sources_block(hits, _lang(last_user_text(messages)))}
     head = 1 if messages and messages[0]["role"] == "system" else 0
     return messages[:head] + [block] + messages[head:]
+
+
+def ground(index, messages: list[dict], k: int) -> tuple[list[dict], list[dict]]:
+    """(the conversation with the passages for its last question, those passages)."""
+    hits = index.search(last_user_text(messages), k)
+    return grounded_messages(messages, hits), hits
 
 
 def citations(text: str, hits: list[dict]) -> list[dict]:

@@ -60,6 +60,15 @@ class RetrievalIndex:
             idx._order = [c for d in idx.docs for c in idx.chunks[d]]
         return idx
 
+    @classmethod
+    def load_nonempty(cls, run: str | Path, asker: str = "--retrieval") -> RetrievalIndex:
+        """The run's index for a caller that needs documents in it (an error naming the fix otherwise)."""
+        idx = cls.load(run)
+        if not idx.docs:
+            raise ChatforgeError(f"{asker}: {Path(run) / 'index'} has no documents; add some with "
+                                 f"`chatforge index add --run {run} FILES`")
+        return idx
+
     def add(self, docs: list[dict]) -> dict:
         """Add documents ({"doc_id", "title", "text", "source"}); a known id with new content replaces the old
         passages. -> {"added", "updated", "unchanged"} counts."""

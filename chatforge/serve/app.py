@@ -374,15 +374,14 @@ class Server:
     # -- chat -----------------------------------------------------------------------------------------------
     def _retrieve(self, req: ChatRequest, msgs: list[dict]) -> tuple[list[dict], list[dict] | None]:
         """(the messages to answer, the retrieved passages or None when retrieval is off)."""
-        from chatforge.retrieval.grounding import grounded_messages, last_user_text
+        from chatforge.retrieval.grounding import ground
 
         if not (req.retrieval if req.retrieval is not None else self.opts.retrieval):
             return msgs, None
-        if self.index is None or not self.index.docs:
+        if self.index is None:  # build_server passes None for a missing or empty index
             raise ApiError(400, "retrieval: this server has no retrieval index (chatforge index add --run RUN FILES, "
                                 "then restart it)", "retrieval")
-        hits = self.index.search(last_user_text(msgs), self.opts.retrieval_k)
-        return grounded_messages(msgs, hits), hits
+        return ground(self.index, msgs, self.opts.retrieval_k)
 
     async def _chat(self, req: ChatRequest, request: Request):
         from chatforge.retrieval.grounding import citations, source_list
@@ -617,8 +616,5 @@ def build_server(run: str | Path, stage: str = "sft", device: str = "cpu", db: s
     store = FeedbackStore(db or default_db_url(run)) if feedback else None
     from chatforge.retrieval.index import RetrievalIndex
 
-    index = RetrievalIndex.load(run)
-    if opts.retrieval and not index.docs:
-        raise ChatforgeError(f"--retrieval: {run}/index has no documents; add some with "
-                             f"`chatforge index add --run {run} FILES`")
+    index = RetrievalIndex.load_nonempty(run) if opts.retrieval else RetrievalIndex.load(run)
     return Server(scheduler, Tokenizer.load(folder), store, opts, index if index.docs else None)

@@ -124,8 +124,9 @@ class Deduplicator:
         if best is not None:
             return ("near", best[0], best[1])
         self.exact[ek] = key
-        self.signatures[key] = sig
         if self.verify == "exact":
             self.shingles[key] = sh
+        else:
+            self.signatures[key] = sig
         self.lsh.insert(key, mh)
         return None

@@ -35,9 +35,9 @@ def looks_like_code(text: str) -> bool:
     return bool(lines) and sum(bool(_CODE.search(line)) for line in lines) / len(lines) >= 0.5
 
 
-def _units(text: str) -> list[str]:
+def _units(text: str, zh: bool) -> list[str]:
     """Words for English, Han characters (and words between them) for Chinese."""
-    if is_chinese(text):
+    if zh:
         return re.findall(r"[\u3400-\u9fff]|[A-Za-z]+|\d+", text)
     return [w.lower() for w in words(text)]
 
@@ -69,10 +69,11 @@ def document_reason(text: str) -> str | None:
     ws = words(text)
     if mojibake_count(text):  # telltale sequences never occur in clean English or Chinese text
         return "mojibake"
-    if (han_count(text) < 10) if zh else (len(ws) < 5):
+    han = han_count(text)
+    if (han < 10) if zh else (len(ws) < 5):
         return "too_short"
     lines = [line for line in text.split("\n") if line.strip()]
-    n_units = max(1, len(ws) + han_count(text))
+    n_units = max(1, len(ws) + han)
     if (text.count("#") + text.count("…")) / n_units > 0.1:
         return "symbols"
     if lines and sum(line.lstrip().startswith(("•", "-", "*", "·")) for line in lines) / len(lines) > 0.9:
@@ -87,7 +88,7 @@ def document_reason(text: str) -> str | None:
             return "no_stopwords"
     if len(lines) >= 3 and 1 - len(set(lines)) / len(lines) > 0.3:
         return "duplicate_lines"
-    units = _units(text)
+    units = _units(text, zh)
     if len(units) >= 50 and len(set(units[:100])) / len(units[:100]) < 0.25:
         return "low_diversity"  # keyword soup: a handful of words over and over, in any language
     # Chinese units are characters: a 2-word phrase is ~4 of them, Gopher's 5-word span ~10. Short documents

@@ -27,7 +27,7 @@ from chatforge.textio import list_text_files
 SUFFIXES = (".jsonl", ".parquet", ".txt", ".html", ".htm")
 
 
-def _read_text(f: Path) -> str:
+def read_text(f: Path) -> str:
     try:
         return f.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
@@ -36,7 +36,7 @@ def _read_text(f: Path) -> str:
 
 def iter_file(f: Path, skipped: Counter, text_column: str = "text") -> Iterator[dict]:
     if f.suffix == ".jsonl":
-        for n, line in enumerate(_read_text(f).split("\n"), 1):
+        for n, line in enumerate(read_text(f).split("\n"), 1):
             if not line.strip():
                 continue
             try:
@@ -56,12 +56,12 @@ def iter_file(f: Path, skipped: Counter, text_column: str = "text") -> Iterator[
     elif f.suffix == ".parquet":
         yield from _iter_parquet(f, skipped, text_column)
     elif f.suffix == ".txt":
-        for i, block in enumerate(b for b in _read_text(f).split("\n\n") if b.strip()):
+        for i, block in enumerate(b for b in read_text(f).split("\n\n") if b.strip()):
             yield {"id": f"{f.name}:{i}", "text": block}
     else:
         import trafilatura
 
-        text = trafilatura.extract(_read_text(f), include_comments=False, include_tables=True)
+        text = trafilatura.extract(read_text(f), include_comments=False, include_tables=True)
         if text and text.strip():
             yield {"id": f.name, "text": text}
         else:

@@ -28,7 +28,7 @@ import numpy as np
 
 from chatforge import ChatforgeError
 from chatforge.data.clean.decontam import build_eval_index, contaminated, eval_items
-from chatforge.data.clean.dedup import Deduplicator, exact_jaccard
+from chatforge.data.clean.dedup import Deduplicator
 from chatforge.data.clean.docfilter import document_reason
 from chatforge.data.clean.ingest import parse_source, read_sources
 from chatforge.data.clean.lines import clean_lines
@@ -63,33 +63,28 @@ def clean_batch(docs: list[dict], t2s: bool = False, tokenizer_dir: str | None =
 
         convert = opencc_t2s()
     kept, removed_docs, removed_lines = [], [], []
-    chars = Counter()
     pii = Counter()
     texts: dict[str, list[str]] = defaultdict(list)  # each stage's output, for its token count
     for doc in docs:
-        chars["input"] += len(doc["text"])
         texts["input"].append(doc["text"])
         text = normalise(doc["text"], convert, keep_fullwidth_punct)
-        chars["normalise"] += len(text)
         texts["normalise"].append(text)
         text, gone = clean_lines(text)
         removed_lines += [(doc.get("id"), line, reason) for line, reason in gone]
         if not text:
             removed_docs.append((doc, "lines", "empty_after_line_removal"))
             continue
-        chars["lines"] += len(text)
         texts["lines"].append(text)
         reason = document_reason(text)
         if reason is not None:
             removed_docs.append((doc, "quality", reason))
             continue
-        chars["quality"] += len(text)
         texts["quality"].append(text)
         text, counts = scrub_pii(text)
         pii.update(counts)
-        chars["pii"] += len(text)
         texts["pii"].append(text)
         kept.append({**doc, "text": text})
+    chars = Counter({s: sum(map(len, ts)) for s, ts in texts.items()})
     tokens = Counter()
     if tokenizer_dir:  # most texts pass a stage unchanged: encode each distinct text once
         distinct = list({t for ts in texts.values() for t in ts})
@@ -99,6 +94,12 @@ def clean_batch(docs: list[dict], t2s: bool = False, tokenizer_dir: str | None =
             d["_tokens"] = n[d["text"]]  # later stages only drop documents: they sum these
     return {"kept": kept, "removed_docs": removed_docs, "removed_lines": removed_lines, "chars": chars,
             "tokens": tokens, "pii": pii}
+
+
+def _tally(chars: Counter, tokens: Counter, stage: str, docs: list[dict]) -> None:
+    """Characters and tokens left after a stage that only drops (or repeats) whole documents."""
+    chars[stage] = sum(len(d["text"]) for d in docs)
+    tokens[stage] = sum(d.get("_tokens", 0) for d in docs)
 
 
 def read_documents(paths: list[str], text_column: str = "text") -> list[dict]:
@@ -213,26 +214,24 @@ def run_clean(run: str | Path, data: list[str] | None = None, workers: int | Non
                             "score_quartiles": [round(float(q), 3) for q in np.quantile(scores, [0.25, 0.5, 0.75])]
                             if len(scores) else None}
         timing["classifier"] = time.perf_counter() - tq
-    chars["classifier"] = sum(len(d["text"]) for d in kept)
-    tokens["classifier"] = sum(d.get("_tokens", 0) for d in kept)
+    _tally(chars, tokens, "classifier", kept)
 
     t1 = time.perf_counter()
     dedup = Deduplicator(threshold=threshold)
     reached_dedup = {d["id"] for d in kept}
-    unique, dup_of, texts = [], {}, {}
+    unique, dup_of, near_jaccard = [], {}, []
     for d in kept:
         verdict = dedup.check(d["id"], d["text"])
         if verdict is None:
             unique.append(d)
-            texts[d["id"]] = d["text"]
         else:
             dup_of[d["id"]] = (verdict[0], verdict[1])
             removed_docs.append((d, "dedup", verdict[0]))
-    # MinHash's precision: the share of near-duplicate verdicts whose exact shingle Jaccard reaches the threshold
-    near_pairs = [(d["text"], texts[dup_of[d["id"]][1]]) for d, stage, why in removed_docs if why == "near"]
-    verified = sum(exact_jaccard(a, b) >= threshold for a, b in near_pairs)
-    chars["dedup"] = sum(len(d["text"]) for d in unique)
-    tokens["dedup"] = sum(d.get("_tokens", 0) for d in unique)
+            if verdict[0] == "near":
+                near_jaccard.append(verdict[2])  # the exact shingle Jaccard the check computed
+    # the share of near-duplicate verdicts at exact Jaccard >= threshold: 1.0 unless the check is bypassed
+    verified = sum(j >= threshold for j in near_jaccard)
+    _tally(chars, tokens, "dedup", unique)
     timing["dedup"] = time.perf_counter() - t1
 
     t2 = time.perf_counter()
@@ -243,14 +242,12 @@ def run_clean(run: str | Path, data: list[str] | None = None, workers: int | Non
             removed_docs.append((d, "decontam", "13gram_overlap_with_eval"))
         else:
             final.append(d)
-    chars["decontam"] = sum(len(d["text"]) for d in final)
-    tokens["decontam"] = sum(d.get("_tokens", 0) for d in final)
+    _tally(chars, tokens, "decontam", final)
     timing["decontam"] = time.perf_counter() - t2
     mixture = None
     if weights:
         final, mixture = mix_sources(final, weights, seed)
-    chars["mix"] = sum(len(d["text"]) for d in final)  # what the shards get: sources repeated / sampled by weight
-    tokens["mix"] = sum(d.get("_tokens", 0) for d in final)
+    _tally(chars, tokens, "mix", final)  # what the shards get: sources repeated / sampled by weight
 
     counts = {"input": len(docs)}
     by_stage = Counter(stage for _, stage, _ in removed_docs)
@@ -269,9 +266,9 @@ def run_clean(run: str | Path, data: list[str] | None = None, workers: int | Non
              "removed": {k: dict(v) for k, v in reasons.items()}, "pii_scrubbed": dict(pii),
              "skipped_records": dict(skipped), "mixture": mixture,
              "classifier": classifier_stats,
-             "dedup": {**dedup.params, "near_verdicts": len(near_pairs), "lsh_candidates": dedup.candidates,
+             "dedup": {**dedup.params, "near_verdicts": len(near_jaccard), "lsh_candidates": dedup.candidates,
                        "lsh_candidates_below_threshold": dedup.rejected,
-                       "exact_jaccard_precision": round(verified / len(near_pairs), 4) if near_pairs else None},
+                       "exact_jaccard_precision": round(verified / len(near_jaccard), 4) if near_jaccard else None},
              "decontam": {"eval_ngrams": len(index), "n": 13},
              "workers": workers, "seconds": {k: round(v, 2) for k, v in timing.items()},
              "labels": score_against_labels(docs, removed_lines, dup_of, reached_dedup, keep_fullwidth_punct)}

@@ -68,11 +68,6 @@ def mojibake_count(text: str) -> int:
     return len(_MOJIBAKE.findall(text))
 
 
-def mojibake_ratio(text: str) -> float:
-    """Mojibake sequences per 100 characters."""
-    return 100 * len(_MOJIBAKE.findall(text)) / max(1, len(text))
-
-
 def opencc_t2s():
     """OpenCC's Traditional -> Simplified converter (the `opencc` package), or a clear error."""
     try:
