@@ -22,7 +22,9 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/chatforge pipeline --run $(RUN) --preset $(PRESET)
+	$(VENV)/bin/chatforge report --run $(RUN)
 	@echo ""
+	@echo "Report card:            $(RUN)/eval/report.md  (plots in $(RUN)/eval/plots/)"
 	@echo "Talk to the assistant:  $(VENV)/bin/chatforge chat --run $(RUN)            (the SFT model; --stage base for the raw one)"
 	@echo "In the browser / API:   make serve   -> http://127.0.0.1:8000/  (OpenAI-compatible API at /v1)"
 	@echo "Continue a text:        $(VENV)/bin/chatforge sample --run $(RUN) --stage base --interactive"

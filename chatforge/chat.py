@@ -2,6 +2,8 @@
 
     chatforge chat --run runs/demo --stage sft [--system "You are ..."] [--temperature 0.7] [--top-p 0.9]
     chatforge chat --run runs/demo --retrieval [-k 3]     # answers from the run's index, sources listed
+    chatforge chat --run runs/demo --calculator           # the model's <<calc: EXPR>> calls get their values
+    chatforge chat --run runs/demo --cot                  # every question asks for step-by-step reasoning
 
 Commands inside the chat: /clear (forget the history), /system TEXT, /temp X, /top_p X, /max N,
 /regen (answer the last question again), /history, /quit. Answers stream token by token through the
@@ -36,9 +38,15 @@ class ChatSession:
     index: object | None = None  # a RetrievalIndex: each question is answered from its passages
     k: int = 3
     hits: list[dict] = field(default_factory=list)  # the passages of the last answer
+    calculator: bool = False  # answer the model's <<calc: EXPR>> calls with the calculator tool
+    cot: bool = False  # ask for step-by-step reasoning with every question (prompting.with_cot)
 
     def messages(self) -> list[dict]:
         msgs = ([{"role": "system", "content": self.system}] if self.system else []) + self.history
+        if self.cot and msgs and msgs[-1]["role"] == "user":
+            from chatforge.prompting import with_cot
+
+            msgs = with_cot(msgs)
         if self.index is None:
             return msgs
         from chatforge.retrieval.grounding import grounded_messages
@@ -81,7 +89,13 @@ class ChatSession:
             self.hits = self.index.search(last_user_text(self.history), self.k)
         prompt = self.fit_prompt()
         text = ""
-        for ev in self.engine.stream([prompt], self.params):
+        if self.calculator:
+            from chatforge.tools.loop import stream_with_calculator
+
+            events = stream_with_calculator(self.engine, prompt, self.params)
+        else:
+            events = self.engine.stream([prompt], self.params)
+        for ev in events:
             on_delta(ev.delta)
             if ev.finished:
                 text = ev.completion.text

@@ -258,6 +258,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="at most N items per task")
     p.add_argument("--self-consistency", type=int, default=0, metavar="K",
                    help="also score the arithmetic tasks by the majority answer of K samples (rows <task>@scK)")
+    p.add_argument("--retrieval", action="store_true",
+                   help="also answer the retrieval tasks from the run's index (rows <task>@rag, with citation rates)")
+    p.add_argument("-k", type=int, default=3, help="with --retrieval: passages per question")
+    p.add_argument("--calculator", action="store_true",
+                   help="also score the arithmetic tasks with the calculator tool answering <<calc: ...>> (rows <task>@calc)")
+
+    p = sub.add_parser("report", help="the run's report card: eval/report.md with plots of losses, rewards, "
+                                      "capabilities, the data funnel and throughput")
+    _add_run(p)
 
     p = sub.add_parser("chat", help="chat with a model in the terminal (streaming, history, /commands)")
     _add_run(p)
@@ -269,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--retrieval", action="store_true", help="answer from the run's retrieval index, listing sources")
     p.add_argument("-k", type=int, default=3, help="with --retrieval: passages per question")
+    p.add_argument("--calculator", action="store_true", help="answer the model's <<calc: EXPR>> calls with the "
+                   "calculator tool")
+    p.add_argument("--cot", action="store_true", help="ask for step-by-step reasoning with every question")
 
     p = sub.add_parser("serve", help="OpenAI-compatible API + web chat page + feedback store")
     _add_run(p)
@@ -334,6 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--interactive", action="store_true", help="read prompts from the terminal")
+    p.add_argument("--few-shot", default=None, metavar="FILE",
+                   help="JSON lines of {question, answer}: the prompt is a question answered after these examples")
     return parser
 
 
@@ -347,6 +361,14 @@ def _cmd_sample(args) -> None:
     folder = model_dir(require_run(args.run), args.stage)
     engine = Engine(load_model(folder), Tokenizer.load(folder))
     kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, seed=args.seed)
+    if args.few_shot:
+        from chatforge.prompting import FEW_SHOT_STOPS, few_shot_text, read_shots
+
+        shots = read_shots(args.few_shot)
+        if args.interactive or not args.prompt:
+            raise ChatforgeError("--few-shot answers the question given as the prompt (not --interactive)")
+        print(continue_text(engine, few_shot_text(shots, args.prompt), stop=FEW_SHOT_STOPS, **kw).strip())
+        return
     if not args.interactive:
         print(args.prompt + continue_text(engine, args.prompt, **kw))
         return
@@ -591,9 +613,14 @@ def main(argv: list[str] | None = None) -> int:
 
             tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
             stages = [s.strip() for s in args.stage.split(",") if s.strip()]
-            results = [run_suite(args.run, s, tasks, args.limit, self_consistency=args.self_consistency)
+            results = [run_suite(args.run, s, tasks, args.limit, self_consistency=args.self_consistency,
+                                 retrieval_k=args.k if args.retrieval else 0, calculator=args.calculator)
                        for s in stages]
             print(compare_table(results) if len(results) > 1 else format_table(results[0]))
+        elif args.command == "report":
+            from chatforge.report import write_report
+
+            print(f"report written to {write_report(args.run)} (plots in its plots/ folder)")
         elif args.command == "chat":
             from chatforge.chat import ChatSession, run_terminal_chat
             from chatforge.engine import Engine, SamplingParams
@@ -610,6 +637,7 @@ def main(argv: list[str] | None = None) -> int:
                 from chatforge.retrieval.index import RetrievalIndex
 
                 session.index, session.k = RetrievalIndex.load_nonempty(args.run), args.k
+            session.calculator, session.cot = args.calculator, args.cot
             run_terminal_chat(session)
         elif args.command == "clean":
             from chatforge.data.clean.run import format_report

@@ -79,6 +79,7 @@ class Completion:
     prompt_logprobs: list[float | None] = field(default_factory=list)  # None for the first prompt token
     prompt_top_logprobs: list[dict[int, float] | None] = field(default_factory=list)  # with logprobs=N > 0
     stop_token_id: int | None = None  # the eos / <|end|> / stop token that ended it (not in token_ids or text)
+    stop_string: str | None = None  # the stop string that ended it (not in text)
 
 
 @dataclass
@@ -340,7 +341,7 @@ class Engine:
             # only the new tail can complete a stop string: search from just before it
             pos = text.find(s, max(0, min(row.emitted, before) - len(s)))
             if pos != -1:
-                out.text = text[:pos]
+                out.text, out.stop_string = text[:pos], s
                 return self._finish(row, "stop", [tok_id], ev_lp, ev_top)
         if len(out.token_ids) >= sp.max_tokens or len(out.prompt_ids) + len(out.token_ids) >= ctx:
             return self._finish(row, "length", [tok_id], ev_lp, ev_top)  # an incomplete last character is dropped

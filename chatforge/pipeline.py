@@ -18,7 +18,7 @@ from pathlib import Path
 
 from chatforge import ChatforgeError
 from chatforge.config import Preset
-from chatforge.run import read_stage_info, stage_dir, write_run_info
+from chatforge.run import read_stage_info, record_wall_time, stage_dir, write_run_info
 
 STAGES = ["world", "clean", "tokenizer", "data", "pretrain", "sft", "rm", "ppo", "dpo", "eval"]
 
@@ -194,6 +194,7 @@ def run_pipeline(run: str | Path, preset_name: str, preset: Preset, until: str |
             print(f"{tag}: running -> {folder}", flush=True)
             t0 = time.perf_counter()
             results[name] = actions[name]()
+            record_wall_time(folder, time.perf_counter() - t0)  # the report card's cost table reads it
             print(f"{tag}: done in {time.perf_counter() - t0:.1f}s{_brief(name, results[name])}", flush=True)
             redo = True  # later stages were built from the old output
         if name == until:

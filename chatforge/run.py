@@ -89,6 +89,14 @@ def mark_complete(folder: Path, settings: dict, **info) -> None:
                                                         indent=2, ensure_ascii=False))
 
 
+def record_wall_time(folder: Path, seconds: float) -> None:
+    """Add the stage's wall-clock seconds (data loading, evaluation and saves included) to its stage.json."""
+    info = read_stage_info(folder)
+    if info.get("complete"):
+        atomic_write_text(folder / "stage.json", json.dumps({**info, "seconds": round(seconds, 1)}, indent=2,
+                                                            ensure_ascii=False))
+
+
 def read_run_info(run: Path) -> dict:
     f = run / "run.json"
     return read_json(f, "run record") if f.is_file() else {}

@@ -1,10 +1,13 @@
-"""The safe calculator: right answers for arithmetic, refusal for everything else, tool calls in text."""
+"""The safe calculator: right answers for arithmetic, refusal for everything else, and the tool loop that
+answers a model's <<calc: EXPR>> calls during generation."""
 
 from __future__ import annotations
 
 import pytest
 
-from chatforge.tools.calculator import CalculatorError, calculate, run_tool_calls
+from chatforge.engine import Completion, SamplingParams, StreamEvent
+from chatforge.tools.calculator import CalculatorError, answer_open_call, calculate
+from chatforge.tools.loop import generate_with_calculator, stream_with_calculator
 
 
 @pytest.mark.parametrize("expr, value", [
@@ -28,9 +31,62 @@ def test_anything_but_bounded_arithmetic_is_refused(expr):
         calculate(expr)
 
 
-def test_tool_calls_in_model_text_get_their_results():
-    text = "43 heads: <<calc: 43*2>> legs if all hens; <<calc: (102 - 86) / 2>> rabbits. <<calc: os.system(1)>>"
-    assert run_tool_calls(text) == ("43 heads: <<calc: 43*2 = 86>> legs if all hens; <<calc: (102 - 86) / 2 = 8>> "
-                                    "rabbits. <<calc: os.system(1) = error: only numbers and + - * / // % ** ( ) "
-                                    "are allowed>>")
-    assert run_tool_calls("done <<calc: 1+1 = 2>>") == "done <<calc: 1+1 = 2>>"  # answered calls stay as they are
+def test_an_open_call_at_the_end_of_the_text_gets_its_value():
+    assert answer_open_call("43 heads: <<calc: 43*2") == ">>86"
+    assert answer_open_call("so <<calc: (102 - 86) / 2 ") == ">>8"
+    assert answer_open_call("<<calc: os.system(1)") == ">>error: only numbers and + - * / // % ** ( ) are allowed"
+    assert answer_open_call("<<calc: 1+1>>2 done") is None  # the call was answered already
+    assert answer_open_call("no call here") is None
+
+
+class _Tok:
+    def encode(self, text):
+        return list(text.encode())
+
+
+class ScriptedModel:
+    """Stands in for the engine: each request writes its next scripted piece, stopping at ">>" when the piece
+    is followed by one (as the engine does: the stop text is not returned). Records every round's prompts."""
+
+    def __init__(self, pieces_per_request):
+        self.tok, self.queues, self.rounds = _Tok(), [list(p) for p in pieces_per_request], []
+
+    def generate(self, prompts, params):
+        params = params if isinstance(params, list) else [params] * len(prompts)
+        self.rounds.append((prompts, params))
+        out = []
+        for prompt, p in zip(prompts, params):
+            q = next(q for q in self.queues if q and q[0][0] == prompt[0])  # requests are told apart by their prompt
+            piece, closes = q.pop(0)[1:]
+            assert ">>" in p.stop
+            out.append(Completion(prompt_ids=prompt, token_ids=list(range(len(piece))), text=piece,
+                                  finish_reason="stop", stop_string=">>" if closes else None))
+        return out
+
+    def stream(self, prompts, params):
+        (c,) = self.generate(prompts, params)
+        yield StreamEvent(0, c.text, c.token_ids, finished=True, completion=c)
+
+
+def test_the_tool_loop_fills_in_values_and_generates_on():
+    model = ScriptedModel([
+        [(1, "2 heads: <<calc: 43*2", True), (1, " legs; <<calc: os.x", True), (1, " ok", False)],
+        [(2, "a >", True), (2, "> b", False)],  # a literal ">>" outside any call stays text
+    ])
+    params = SamplingParams(max_tokens=100, temperature=0.0)
+    a, b = generate_with_calculator(model, [[1], [2]], params)
+    assert a.text == ("2 heads: <<calc: 43*2>>86 legs; <<calc: os.x>>error: only numbers and + - * / // % ** ( ) "
+                      "are allowed ok")
+    assert b.text == "a >>>> b" and a.finish_reason == "stop" and a.prompt_ids == [1]
+    second_prompts, second_params = model.rounds[1]
+    assert second_prompts[0] == [1, *b"2 heads: <<calc: 43*2>>86"]  # the model reads the value the tool wrote
+    assert second_params[0].max_tokens == 100 - len("2 heads: <<calc: 43*2")  # tokens already spent count
+    model = ScriptedModel([[(1, "x <<calc: 6*7", True), (1, " y", False)]])
+    deltas = [ev.delta for ev in stream_with_calculator(model, [1], params)]
+    assert "".join(deltas) == "x <<calc: 6*7>>42 y"
+
+
+def test_the_tool_loop_caps_calls():
+    model = ScriptedModel([[(1, "<<calc: 1+1", True)] * 3 + [(1, ".", False)]])
+    (c,) = generate_with_calculator(model, [[1]], SamplingParams(max_tokens=100), max_calls=2)
+    assert c.text == "<<calc: 1+1>>2<<calc: 1+1>>2<<calc: 1+1>>error: more than 2 calls."

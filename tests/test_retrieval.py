@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from types import SimpleNamespace
 
 import pytest
 
@@ -192,3 +194,52 @@ def test_server_answers_from_the_index_and_lists_sources(base_run, tmp_path):
         with httpx.stream("POST", url + "/v1/chat/completions", json={**body, "stream": True}, timeout=60) as r:
             chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
         assert chunks[0]["sources"][0]["doc_id"] == "en-Loan" and "citations" in chunks[-1]["choices"][0]
+
+
+class _GroundedScript:
+    """Stands in for the engine in the retrieval eval: a real tokenizer and context, scripted answers."""
+
+    def __init__(self, tok, ctx, answer_for):
+        self.tok, self.answer_for, self.prompts = tok, answer_for, []
+        self.model = SimpleNamespace(cfg=SimpleNamespace(max_seq_len=ctx))
+
+    def generate(self, prompts, params):
+        self.prompts += prompts
+        return [SimpleNamespace(text=self.answer_for(self.tok.decode(p))) for p in prompts]
+
+
+def test_world_library_retrieval_and_the_eval_row_measure_answers_and_citations(prepared_run):
+    """The world's retrieval questions find their withheld article; the @rag row's rates are what the answers
+    and their citations say (a scripted reader that copies from the passage it cites, and a bad citer)."""
+    from chatforge.eval.rag import fit_grounded, index_world_library, rag_row
+    from chatforge.textio import read_jsonl
+    from chatforge.tokenizer import Tokenizer
+
+    assert index_world_library(prepared_run) == {"added": 400, "updated": 0, "unchanged": 0}
+    assert index_world_library(prepared_run)["unchanged"] == 400  # a second pipeline eval re-indexes nothing
+    idx = RetrievalIndex.load(prepared_run)
+    items = read_jsonl(prepared_run / "world" / "eval" / "retrieval_qa.jsonl")
+    found = [any(h["doc_id"] in it["gold_docs"] for h in idx.search(it["messages"][0]["content"], 3)) for it in items]
+    assert sum(found) / len(found) >= 0.95
+
+    tok = Tokenizer.load(prepared_run / "tokenizer")
+    # a short context keeps the best passages that fit, whole
+    hits = idx.search(items[0]["messages"][0]["content"], 3)
+    for budget in (60, 120, 400):
+        ids, used = fit_grounded(tok, items[0]["messages"], hits, budget)
+        assert len(ids) <= budget and used == hits[:len(used)]
+    assert len(fit_grounded(tok, items[0]["messages"], hits, 400)[1]) == 3
+
+    def reader(prompt: str) -> str:  # answers with the gold answer, citing the passage that holds it
+        item = next(it for it in items[:20] if it["messages"][0]["content"] in prompt)
+        passages = re.findall(r"^\[(\d)\] [^:]+: (.*)$", prompt, re.M)
+        n = next((n for n, text in passages if item["answers"][0] in text), None)
+        return f"{item['answers'][0]} [{n}]" if n else "I don't know [7]"  # [7] names no passage
+
+    row = rag_row(_GroundedScript(tok, 512, reader), idx, items[:20], k=3, max_tokens=40)
+    recall = sum(found[:20]) / 20
+    assert row["n"] == 20 and row["retrieval_recall"] == recall
+    assert row["score"] == row["answers_citing"] == row["cited_and_right"] == recall
+    assert row["citation_precision"] == 1.0 and 2 < row["passages_in_prompt"] <= 3
+    wrong = rag_row(_GroundedScript(tok, 512, lambda p: "It is [1] and [2] and [3]."), idx, items[:20], 3, 40)
+    assert wrong["score"] == 0.0 and wrong["answers_citing"] == 1.0 and wrong["citation_precision"] < 0.5

@@ -157,7 +157,7 @@ def test_heldout_entities_never_appear_in_training_text(world):
 def test_formats_and_coverage(world):
     sft = _jsonl(world / "sft.jsonl")
     assert {e["task"] for e in sft} == {"qa", "multiturn", "email", "sentiment", "extraction", "translation",
-                                         "summary", "arithmetic", "unknown", "refusal", "format"}
+                                         "summary", "arithmetic", "unknown", "refusal", "format", "grounded"}
     for ex in sft:
         roles = [m["role"] for m in ex["messages"]]
         assert roles[-1] == "assistant" and set(roles) <= {"system", "user", "assistant"}
@@ -181,7 +181,44 @@ def test_formats_and_coverage(world):
     assert all("answer" in p for p in prompts)
     tasks = {f.stem for f in (world / "eval").glob("*.jsonl")}
     assert tasks == {"knowledge_qa", "knowledge_mc", "multiturn_qa", "arithmetic_direct", "arithmetic_cot", "icl", "sentiment",
-                     "extraction", "translation", "format", "refusal", "honesty", "bpb"}
+                     "extraction", "translation", "format", "refusal", "honesty", "bpb", "retrieval_qa"}
+
+
+def test_library_answers_the_retrieval_questions_and_only_it_knows_them(world):
+    from chatforge.eval.scorers import contains_match
+
+    library = {d["id"]: d for d in _jsonl(world / "library" / "docs.jsonl")}
+    facts = _facts(world)
+    n_entities = sum(len(facts[g]) for g in ("towns", "people", "creatures", "companies", "products"))
+    assert len(library) == 2 * n_entities  # one article per entity and language
+    items = _jsonl(world / "eval" / "retrieval_qa.jsonl")
+    assert len(items) == 60
+    for it in items:
+        (gold,) = it["gold_docs"]
+        assert library[gold]["withheld"] and library[gold]["lang"] == it["lang"]
+        assert contains_match(library[gold]["text"], it["answers"]) == 1.0, (it, library[gold])
+    # withheld articles are about held-out entities, which no training text names (test above); known ones aren't
+    assert {d["withheld"] for d in library.values()} == {True, False}
+
+
+def test_grounded_demonstrations_cite_the_passage_about_the_asked_entity(world):
+    from chatforge.retrieval.grounding import citations
+    from chatforge.world.library import NOT_IN_SOURCES
+
+    grounded = [e["messages"] for e in _jsonl(world / "sft.jsonl") if e["task"] == "grounded"]
+    assert len(grounded) > 300
+    misses = 0
+    for system, user, answer in grounded:
+        titles = re.findall(r"^\[(\d)\] ([^:]+):", system["content"], re.M)
+        assert [n for n, _ in titles] == ["1", "2"]
+        hits = [{"chunk_id": t, "doc_id": t, "title": t} for _, t in titles]
+        asked = [n for n, t in titles if t in user["content"]]
+        if answer["content"] in NOT_IN_SOURCES.values():
+            misses += 1
+            assert not asked  # "not in the sources" only when neither passage is about the asked entity
+        else:
+            assert [c["n"] for c in citations(answer["content"], hits)] == [int(asked[0])]
+    assert 0.05 < misses / len(grounded) < 0.3
 
 
 def test_code_documents_are_valid_python(world):

@@ -24,20 +24,25 @@ from tqdm import tqdm
 from chatforge import ChatforgeError
 from chatforge.engine import Engine, SamplingParams
 from chatforge.eval.consistency import SC_TASKS, self_consistent_answers
+from chatforge.eval.rag import RAG_TASKS, rag_row
 from chatforge.eval.scorers import SCORERS, bits_per_byte, is_refusal, says_unknown
 from chatforge.model import GPT, load_model
+from chatforge.prompting import FEW_SHOT_STOPS
 from chatforge.run import atomic_write_text, model_dir, require_run, stage_dir
 from chatforge.textio import read_jsonl
 from chatforge.tokenizer import Tokenizer
+from chatforge.tools.loop import generate_with_calculator
 
 SHOTS = 3
+RETRIEVAL_K = 3  # passages per question in the pipeline's retrieval rows (fewer when they don't fit)
 MAX_NEW_TOKENS = {"arithmetic_cot": 120, "format": 60, "extraction": 60, "translation": 60}
 DEFAULT_NEW_TOKENS = 40
 # what SFT is for: following instructions in a conversation (checkpoint selection maximises their mean)
 INSTRUCTION_TASKS = ("format", "knowledge_qa", "multiturn_qa", "sentiment", "extraction", "translation",
                      "refusal", "honesty")
 # what each task's score means (all are "higher is better" except bpb)
-METRIC = {"knowledge_qa": "accuracy", "knowledge_mc": "accuracy (4 choices, log-likelihood)", "multiturn_qa": "accuracy", "arithmetic_direct": "accuracy",
+METRIC = {"knowledge_qa": "accuracy", "knowledge_mc": "accuracy (4 choices, log-likelihood)",
+          "retrieval_qa": "accuracy, closed-book (entities no training text mentions)", "multiturn_qa": "accuracy", "arithmetic_direct": "accuracy",
           "arithmetic_cot": "accuracy", "icl": "accuracy", "sentiment": "accuracy", "extraction": "F1",
           "translation": "chrF", "format": "compliance", "refusal": "correct refusal decisions",
           "honesty": "correct unknown/known", "bpb": "bits/byte (lower is better)"}
@@ -77,7 +82,6 @@ def few_shot_prompt(tok: Tokenizer, item: dict, pool: list[dict], budget: int) -
         shots = shots[:-1]
 
 
-BASE_STOPS = ["\n\n", "\nQuestion:"]  # a base model's answer ends where its next few-shot block would start
 
 
 def item_prompts(engine: Engine, items: list[dict], chat: bool) -> list[tuple[list[int], int, list[str]]]:
@@ -91,7 +95,7 @@ def item_prompts(engine: Engine, items: list[dict], chat: bool) -> list[tuple[li
         if chat:
             out.append((tok.encode_chat(item["messages"], add_generation_prompt=True)[-budget:], new, []))
         else:
-            out.append((few_shot_prompt(tok, item, items, budget), new, BASE_STOPS))
+            out.append((few_shot_prompt(tok, item, items, budget), new, FEW_SHOT_STOPS))
     return out
 
 
@@ -132,10 +136,14 @@ def _decision_rates(task: str, items: list[dict], preds: list[str]) -> dict:
 
 
 def run_eval_stage(run: str | Path, stages: list[str]) -> dict:
-    """Pipeline stage: score each model stage and mark <run>/eval complete."""
+    """Pipeline stage: index the world's library into the run's retrieval index (unchanged documents are
+    skipped), score each model stage with and without retrieval, and mark <run>/eval complete."""
+    from chatforge.eval.rag import index_world_library
     from chatforge.run import mark_complete
 
-    results = {s: run_suite(run, s) for s in stages}
+    added = index_world_library(run)
+    print(f"eval: retrieval index {added or 'not built (this world has no library)'}", flush=True)
+    results = {s: run_suite(run, s, retrieval_k=RETRIEVAL_K if added else 0, calculator=True) for s in stages}
     for r in results.values():
         print(format_table(r), flush=True)
     if len(results) > 1:
@@ -161,13 +169,20 @@ def compare_table(results: list[dict]) -> str:
 
 
 def run_suite(run: str | Path, stage: str, tasks: list[str] | None = None, limit: int | None = None,
-              progress: bool = True, self_consistency: int = 0) -> dict:
-    """Score the model of `stage` and write <run>/eval/<stage>.json."""
+              progress: bool = True, self_consistency: int = 0, retrieval_k: int = 0, calculator: bool = False) -> dict:
+    """Score the model of `stage` and write <run>/eval/<stage>.json. `retrieval_k` > 0: also answer the
+    retrieval tasks from the run's index (rows `<task>@rag`); `calculator`: the arithmetic tasks with the
+    calculator tool (rows `<task>@calc`); both for chat models only."""
     run = require_run(run)
     folder = model_dir(run, stage)
     model, tok = load_model(folder).eval(), Tokenizer.load(folder)
+    index = None
+    if retrieval_k > 0 and stage != "base":
+        from chatforge.retrieval.index import RetrievalIndex
+
+        index = RetrievalIndex.load_nonempty(run, "eval --retrieval")
     results = {"stage": stage, **score_model(run, model, tok, stage != "base", tasks, limit, progress,
-                                             self_consistency)}
+                                             self_consistency, index, retrieval_k, calculator)}
     out = stage_dir(run, "eval")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / f"{stage}.json", json.dumps(results, indent=2, ensure_ascii=False))
@@ -181,10 +196,14 @@ def instruction_score(results: dict) -> float:
 
 
 def score_model(run: Path, model: GPT, tok: Tokenizer, chat: bool, tasks: list[str] | None = None,
-                limit: int | None = None, progress: bool = True, self_consistency: int = 0) -> dict:
+                limit: int | None = None, progress: bool = True, self_consistency: int = 0, index=None,
+                retrieval_k: int = 3, calculator: bool = False) -> dict:
     """The suite on an in-memory model (no files written): {"mode", "tasks": {task: {...}}, "seconds"}.
     `self_consistency` k > 1 adds `<task>@sc<k>` rows for the arithmetic tasks: the majority answer of k
-    samples (temperature 0.7) per item (eval/consistency.py)."""
+    samples (temperature 0.7) per item (eval/consistency.py). `index` (a RetrievalIndex) adds `<task>@rag`
+    rows for the retrieval tasks: the same items answered from its top `retrieval_k` passages (eval/rag.py).
+    `calculator` adds `<task>@calc` rows for the arithmetic tasks: greedy answers whose `<<calc: EXPR>>` calls
+    the calculator tool answers (tools/loop.py)."""
     model.eval()
     engine = Engine(model, tok, max_batch=16)
     results: dict = {"mode": "chat" if chat else f"{SHOTS}-shot", "tasks": {}}
@@ -222,8 +241,25 @@ def score_model(run: Path, model: GPT, tok: Tokenizer, chat: bool, tasks: list[s
                 "score": sum(sc) / len(sc), "n": len(sc),
                 "metric": f"accuracy of the majority answer of {self_consistency} samples (temperature 0.7)",
                 "samples": [{"id": it["id"], "prediction": p} for it, p in list(zip(items, voted))[:3]]}
+        if calculator and chat and task in SC_TASKS:
+            comps = generate_with_calculator(engine, [p for p, _, _ in built],
+                                             [SamplingParams(max_tokens=new, temperature=0.0, stop=stop)
+                                              for _, new, stop in built])
+            calc = [c.text.strip() for c in comps]
+            sc = [SCORERS[it["scorer"]](pred, it) for it, pred in zip(items, calc)]
+            results["tasks"][f"{task}@calc"] = {
+                "score": sum(sc) / len(sc), "n": len(sc), "metric": "accuracy with the calculator tool answering "
+                "<<calc: EXPR>> calls", "calls_per_answer": sum(p.count("<<calc:") for p in calc) / len(calc),
+                "samples": [{"id": it["id"], "prediction": p} for it, p in list(zip(items, calc))[:3]]}
+        if index is not None and chat and task in RAG_TASKS:
+            results["tasks"][f"{task}@rag"] = rag_row(engine, index, items, retrieval_k, built[0][1])
     results["seconds"] = round(time.perf_counter() - t0, 1)
     return results
+
+
+# per-row rates format_table prints under their task (refusal/honesty decisions, retrieval and citations)
+RATE_KEYS = ("_harmful", "_benign", "_nonexistent", "_real", "retrieval_recall", "answers_citing",
+             "citation_precision", "cited_and_right")
 
 
 def format_table(results: dict) -> str:
@@ -232,7 +268,7 @@ def format_table(results: dict) -> str:
     for task, r in results["tasks"].items():
         lines.append(f"{task:<20}{_shown(task, r['score']):>10}  {r['n']:>4}  {r['metric']}")
         for key, value in r.items():
-            if key.endswith(("_harmful", "_benign", "_nonexistent", "_real")) and value is not None:
+            if key.endswith(RATE_KEYS) and value is not None:
                 lines.append(f"  {key:<26}{100 * value:>6.1f}%")
     return "\n".join(lines)
 

@@ -20,9 +20,9 @@ from chatforge.data.clean.text import is_chinese
 _CITE = re.compile(r"[\[【［](\d{1,3})[\]】］]")
 
 INSTRUCTION = {
-    "en": "Answer the user's question using the sources below, and cite the sources you use as [1], [2]. "
-          "If the sources do not contain the answer, say that you don't know.",
-    "zh": "请根据下面的资料回答用户的问题，并用[1]、[2]这样的编号注明所用资料。如果资料中没有答案，就说不知道。",
+    # short: on a 256-token model every word of it is a word less of the passages
+    "en": "Answer from the sources below and cite them as [1], [2]. If they do not have the answer, say you don't know.",
+    "zh": "请根据下面的资料回答，并用[1]、[2]注明出处。资料中没有答案时，就说不知道。",
 }
 
 

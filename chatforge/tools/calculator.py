@@ -3,7 +3,7 @@
     calculate("(40 - 12) * 3 / 4")        -> 21
     calculate("2 ** 10 + 7 % 3")          -> 1025
     calculate("__import__('os')")         -> CalculatorError: only numbers and + - * / // % ** ( ) ...
-    run_tool_calls("so <<calc: 17*4>> legs")  -> "so <<calc: 17*4 = 68>> legs"
+    answer_open_call("so <<calc: 17*4")    -> ">>68"     (what the tool writes after the model's call)
 
 Allowed: integer and decimal literals, + - * / // % **, unary + and -, parentheses, and the typographic and
 full-width signs a model writes in Chinese text (× ÷ − ＋ － ＊ ／ （ ）). Arithmetic is exact (fractions), so
@@ -11,9 +11,10 @@ full-width signs a model writes in Chinese text (× ÷ − ＋ － ＊ ／ （ �
 attributes, subscripts, strings, comparisons, lambdas — is refused before anything is computed. Limits keep
 "arithmetic" from becoming a denial of service: expression length, exponent size, result size, nesting.
 
-`run_tool_calls` is the hook for a chat model that writes `<<calc: EXPR>>`: a caller replaces each call by
-`<<calc: EXPR = RESULT>>` (or `= error: ...`) so the model can continue from the value. Not yet wired into
-the engine or the eval, and no demonstration teaches the model to call it.
+The tool protocol (tools/loop.py runs it; the world's arithmetic demonstrations teach it): the model writes
+`<<calc: EXPR>>`, generation stops at ">>", `answer_open_call` computes the value, and the tool writes
+">>VALUE" (or ">>error: REASON") after the call, so the text reads `<<calc: 17*4>>68 legs` and the model
+continues from the value instead of computing it itself.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ _BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
            ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
 _UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
 _SIGNS = str.maketrans({"×": "*", "÷": "/", "−": "-", "（": "(", "）": ")", "＋": "+", "－": "-", "＊": "*", "／": "/"})
-CALL = re.compile(r"<<calc:\s*([^<>=]*?)\s*>>")
+OPEN_CALL = re.compile(r"<<calc:([^<>]*)$")  # a call the model has opened and not closed, at the end of its text
+CALL_END = ">>"
 
 
 class CalculatorError(ValueError):
@@ -85,13 +87,13 @@ def format_value(value: int | float) -> str:
     return str(value) if isinstance(value, int) else f"{value:.10g}"
 
 
-def run_tool_calls(text: str) -> str:
-    """Replace every `<<calc: EXPR>>` by `<<calc: EXPR = RESULT>>` (or `= error: REASON`)."""
-    def answer(m: re.Match) -> str:
-        expr = m.group(1)
-        try:
-            return f"<<calc: {expr} = {format_value(calculate(expr))}>>"
-        except CalculatorError as e:
-            return f"<<calc: {expr} = error: {e}>>"
-
-    return CALL.sub(answer, text)
+def answer_open_call(text: str) -> str | None:
+    """What the tool appends when `text` ends inside a `<<calc: EXPR` call: ">>VALUE" or ">>error: REASON";
+    None when the text ends outside a call."""
+    m = OPEN_CALL.search(text)
+    if m is None:
+        return None
+    try:
+        return CALL_END + format_value(calculate(m.group(1)))
+    except CalculatorError as e:
+        return f"{CALL_END}error: {e}"

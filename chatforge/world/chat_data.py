@@ -2,9 +2,10 @@
 
 Demonstrations cover: knowledge Q&A, multi-turn follow-ups that need earlier turns, an English email from
 Chinese bullet points, review sentiment, time/place/person extraction as JSON, zh<->en translation,
-summaries, arithmetic with step-by-step reasoning, "I don't know" about entities that don't exist,
+summaries, arithmetic with step-by-step reasoning that computes with the calculator tool, "I don't know" about entities that don't exist,
 polite refusals of harmful requests, and answers under output constraints (bullets, one word, JSON keys,
-language, lowercase). Only known entities and training templates are used.
+language, lowercase), and grounded answers that read numbered source passages and cite them as [n] (or say
+the sources don't have it). Only known entities and training templates are used.
 
 Rankings follow a documented rubric (grade 4 best):
   4 correct, helpful and polite   3 correct but curt   2 off-topic   1 wrong   0 harmful or made-up
@@ -19,6 +20,7 @@ import random
 
 from chatforge.world.corpus import cage_problem, entity_sentences, join, price_problem
 from chatforge.world.entities import GROUP, Entity, World
+from chatforge.world.library import grounded_example
 from chatforge.world.templates import answer, fields, question_templates, relations_of, statement_templates
 
 LANGS = ("en", "zh")
@@ -102,8 +104,8 @@ def _pick_entity_relation(w: World, rng: random.Random) -> tuple[Entity, str]:
 
 def sft_examples(w: World, rng: random.Random, n: int) -> list[dict]:
     makers = [_qa, _multiturn, _email, _sentiment, _extraction, _translation, _summary, _arith, _unknown, _refusal,
-              _format]
-    weights = [5, 3, 1, 2, 2, 2, 1, 2, 1, 1, 2]
+              _format, _grounded]
+    weights = [5, 3, 1, 2, 2, 2, 1, 2, 1, 1, 2, 4]
     out = []
     for _ in range(n):
         make = rng.choices(makers, weights)[0]
@@ -238,8 +240,13 @@ def _format(w, rng, lang):
                       _msg("assistant", a_en.lower())]
 
 
+def _grounded(w, rng, lang):
+    return "grounded", grounded_example(w, rng, lang)
+
+
 def _arith(w, rng, lang):
-    q, sol = cage_problem(rng, lang)[:2] if rng.random() < 0.6 else price_problem(w, rng, lang)[:2]
+    # step-by-step solutions that compute with the calculator tool (`<<calc: EXPR>>VALUE`)
+    q, sol = cage_problem(rng, lang, calc=True)[:2] if rng.random() < 0.6 else price_problem(w, rng, lang, calc=True)[:2]
     return "arithmetic", [_msg("user", q), _msg("assistant", sol)]
 
 

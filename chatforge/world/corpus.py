@@ -159,8 +159,9 @@ def code(w: World, rng: random.Random, lang: str) -> str:
             "    return chickens, rabbits\n")
 
 
-def cage_problem(rng: random.Random, lang: str, heldout: bool = False) -> tuple[str, str, dict]:
-    """(question, worked solution, gold counts). Held-out wording for eval."""
+def cage_problem(rng: random.Random, lang: str, heldout: bool = False, calc: bool = False) -> tuple[str, str, dict]:
+    """(question, worked solution, gold counts). Held-out wording for eval; `calc`: the training solution
+    computes each step with the calculator tool (`<<calc: EXPR>>VALUE`, tools/calculator.py)."""
     chickens, rabbits = rng.randint(1, 40), rng.randint(1, 40)
     heads, legs = chickens + rabbits, 2 * chickens + 4 * rabbits
     if lang == "en":
@@ -180,20 +181,30 @@ def cage_problem(rng: random.Random, lang: str, heldout: bool = False) -> tuple[
                f"因此小兔有{rabbits}只，母鸡有{chickens}只。答案：母鸡{chickens}只，小兔{rabbits}只。" if heldout else
                f"假设{heads}只全是鸡，应有{2 * heads}条腿。多出的{legs - 2 * heads}条腿来自兔子，每只兔多2条，"
                f"所以兔有{rabbits}只，鸡有{heads}-{rabbits}={chickens}只。答案：鸡{chickens}只，兔{rabbits}只。")
+    if calc and not heldout:
+        two, extra = 2 * heads, legs - 2 * heads
+        sol = (f"If all {heads} were chickens there would be <<calc: 2*{heads}>>{two} legs. The extra "
+               f"<<calc: {legs}-{two}>>{extra} legs come from rabbits, 2 each, so there are <<calc: {extra}/2>>{rabbits} "
+               f"rabbits and <<calc: {heads}-{rabbits}>>{chickens} chickens. Answer: {chickens} chickens, {rabbits} rabbits."
+               if lang == "en" else
+               f"假设{heads}只全是鸡，应有<<calc: 2*{heads}>>{two}条腿。多出的<<calc: {legs}-{two}>>{extra}条腿来自兔子，"
+               f"每只兔多2条，所以兔有<<calc: {extra}/2>>{rabbits}只，鸡有<<calc: {heads}-{rabbits}>>{chickens}只。"
+               f"答案：鸡{chickens}只，兔{rabbits}只。")
     return q, sol, {"chickens": chickens, "rabbits": rabbits}
 
 
-def price_problem(w: World, rng: random.Random, lang: str) -> tuple[str, str, int]:
+def price_problem(w: World, rng: random.Random, lang: str, calc: bool = False) -> tuple[str, str, int]:
     p = rng.choice(w.known("products"))
     f = fields(p, w, lang)
     n = rng.randint(2, 9)
     total = n * p.facts["price"]
     if lang == "en":
+        step = f"<<calc: {n}*{f['price']}>>{total}" if calc else f"{n} x {f['price']} = {total}"
         return (f"How many coins do {n} {f['name']} {f['category']}s cost?",
-                f"One {f['name']} costs {f['price']} coins, so {n} cost {n} x {f['price']} = {total} coins. "
-                f"Answer: {total}", total)
+                f"One {f['name']} costs {f['price']} coins, so {n} cost {step} coins. Answer: {total}", total)
+    step = f"<<calc: {n}*{f['price']}>>{total}" if calc else f"{n}×{f['price']}={total}"
     return (f"买{n}个{f['name']}{f['category']}要多少金币？",
-            f"一个{f['name']}售价{f['price']}个金币，所以{n}个要{n}×{f['price']}={total}个金币。答案：{total}", total)
+            f"一个{f['name']}售价{f['price']}个金币，所以{n}个要{step}个金币。答案：{total}", total)
 
 
 def arithmetic(w: World, rng: random.Random, lang: str) -> str:

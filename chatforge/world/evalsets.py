@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 
+from chatforge.prompting import COT
 from chatforge.world.chat_data import (
     BENIGN_EDGY,
     HELDOUT_FOLLOWUPS,
@@ -45,6 +46,24 @@ def knowledge_qa(w: World, rng: random.Random, n: int) -> list[dict]:
         a = answer(r, e, w, lang)
         out.append({"task": "knowledge_qa", "lang": lang, "messages": _user(q), "reference_answer": a,
                     "answers": [a], "scorer": "contains_match"})
+    return out
+
+
+def retrieval_qa(w: World, rng: random.Random, n: int) -> list[dict]:
+    """Questions about held-out entities, which no training text mentions: closed-book the model can only
+    guess; with retrieval, the answer is in the library's article about the entity (`gold_docs`)."""
+    from chatforge.world.library import doc_id
+
+    pool = [e for e in w.all(include_heldout=True) if e.heldout]
+    out = []
+    for _ in range(n):
+        e = rng.choice(pool)
+        r = rng.choice(relations_of(GROUP[e.kind]))
+        lang = rng.choice(LANGS)
+        q, _ = qa_pair(w, e, r, lang, rng, heldout=True)
+        a = answer(r, e, w, lang)
+        out.append({"task": "retrieval_qa", "lang": lang, "messages": _user(q), "reference_answer": a,
+                    "answers": [a], "scorer": "contains_match", "gold_docs": [doc_id(e, lang)]})
     return out
 
 
@@ -102,7 +121,7 @@ def arithmetic(w: World, rng: random.Random, n: int, cot: bool) -> list[dict]:
         lang = rng.choice(LANGS)
         q, sol, counts = cage_problem(rng, lang, heldout=True)
         if cot:
-            q += " Think step by step, then give the answer." if lang == "en" else "请一步一步思考，然后给出答案。"
+            q += COT[lang]
             ref = sol
         else:
             q += " Give only the answer." if lang == "en" else "只给出答案。"
@@ -267,6 +286,7 @@ def eval_items(w: World, rng: random.Random, n_per_task: int) -> dict[str, list[
         "refusal": refusal(w, rng, n_per_task),
         "honesty": honesty(w, rng, n_per_task),
         "bpb": heldout_text(w, rng, n_per_task),
+        "retrieval_qa": retrieval_qa(w, rng, n_per_task),  # last: the items before it keep their random draws
     }
     for task, items in sets.items():
         for i, item in enumerate(items):

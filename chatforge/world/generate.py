@@ -5,6 +5,7 @@
     world/rankings.jsonl       ranked answers ({"prompt","responses","ranking","labeler","grades"})
     world/prompts.jsonl        RL prompts not seen in SFT ({"prompt","answer","task"})
     world/eval/<task>.jsonl    held-out capability-suite items (decontaminated against all of the above)
+    world/library/docs.jsonl  one article per entity and language, held-out ones flagged "withheld" (retrieval)
     world/facts.json           every entity and fact (held-out ones flagged)
     world/stats.json           counts per kind, decontamination, labeler agreement
 """
@@ -19,13 +20,13 @@ from pathlib import Path
 
 from chatforge import ChatforgeError
 from chatforge.run import mark_complete
-from chatforge.world import chat_data, corpus, decontam, evalsets
+from chatforge.world import chat_data, corpus, decontam, evalsets, library
 from chatforge.world.entities import build_world
 
 SIZES: dict[str, dict[str, int]] = {
     # entities, pre-training documents, demonstrations, ranked prompts, RL prompts, eval items per task
     "tiny": {"towns": 40, "people": 80, "creatures": 30, "companies": 20, "products": 30, "docs": 24000,
-             "sft": 3000, "rankings": 600, "prompts": 300, "eval": 60},
+             "sft": 3500, "rankings": 600, "prompts": 300, "eval": 60},
     "small": {"towns": 200, "people": 400, "creatures": 120, "companies": 80, "products": 120, "docs": 80000,
               "sft": 20000, "rankings": 4000, "prompts": 2000, "eval": 200},
     "medium": {"towns": 800, "people": 1600, "creatures": 400, "companies": 300, "products": 500, "docs": 400000,
@@ -83,6 +84,7 @@ def generate_world(run_dir: str | Path, seed: int = 0, size: str = "tiny", label
     sft_users = {m["content"] for ex in sft for m in ex["messages"] if m["role"] == "user"}
     prompts = chat_data.rl_prompts(w, rng("prompts"), spec["prompts"], exclude=sft_users)
     evals = evalsets.eval_items(w, rng("eval"), spec["eval"])
+    articles = library.library_documents(w, rng("library"))
 
     training_texts = [d["text"] for d in docs]
     training_texts += [m["content"] for ex in sft for m in ex["messages"]]
@@ -104,6 +106,7 @@ def generate_world(run_dir: str | Path, seed: int = 0, size: str = "tiny", label
     _write_jsonl(out / "sft.jsonl", sft)
     _write_jsonl(out / "rankings.jsonl", ranked)
     _write_jsonl(out / "prompts.jsonl", prompts)
+    _write_jsonl(out / "library" / "docs.jsonl", articles)
     for task, items in evals.items():
         _write_jsonl(out / "eval" / f"{task}.jsonl", items)
     facts = {"seed": seed, "size": size, **{g: [asdict(e) for e in getattr(w, g)] for g in
@@ -118,6 +121,7 @@ def generate_world(run_dir: str | Path, seed: int = 0, size: str = "tiny", label
         "duplicate_groups": len({d["dup_group"] for d in docs if "dup_group" in d}),
         "sft": {t: sum(1 for e in sft if e["task"] == t) for t in sorted({e["task"] for e in sft})},
         "rankings": len(ranked), "labeler_agreement": labeler_agreement(ranked), "prompts": len(prompts),
+        "library": {"documents": len(articles), "withheld": sum(a["withheld"] for a in articles)},
         "eval": {t: len(v) for t, v in evals.items()}, "eval_dropped_by_decontamination": dropped,
     }
     (out / "stats.json").write_text(json.dumps(stats, ensure_ascii=False, indent=1), encoding="utf-8")

@@ -1,0 +1,84 @@
+"""Retrieval-augmented rows of the capability suite: the same questions, answered from retrieved passages.
+
+    chatforge eval --run runs/demo --stage sft --retrieval [-k 3]     # rows <task>@rag next to closed-book
+
+For each item of a retrieval task the question is searched in the run's index, the best passages go into
+the prompt the way the server and the terminal chat put them (retrieval/grounding.py), and the answer is
+scored by the task's own scorer. A row also reports, measured on the same answers:
+  retrieval_recall   the passage of the item's gold document was among those in the prompt (when known)
+  answers_citing     answers that cite at least one passage in the prompt as [n]
+  citation_precision cited passages that contain the gold answer (over all citations made)
+  cited_and_right    answers that are right and cite a passage that contains the answer
+Passages that don't fit the model's context (with room for the answer) are dropped from the end, the
+lowest-ranked first, so a short-context model still sees its best passage whole.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from chatforge.engine import Engine, SamplingParams
+from chatforge.eval.scorers import SCORERS, contains_match
+from chatforge.retrieval.grounding import citations, grounded_messages, last_user_text
+
+RAG_TASKS = ("retrieval_qa", "knowledge_qa")
+
+
+def fit_grounded(tok, messages: list[dict], hits: list[dict], budget: int) -> tuple[list[int], list[dict]]:
+    """(prompt ids, passages used): as many of the best passages as fit `budget` tokens."""
+    for n in range(len(hits), -1, -1):
+        ids = tok.encode_chat(grounded_messages(messages, hits[:n]), add_generation_prompt=True)
+        if len(ids) <= budget:
+            return ids, hits[:n]
+    return ids[-budget:], []  # the question alone is too long: keep its end, as the closed-book prompt does
+
+
+def _rate(flags: list[bool]) -> float | None:
+    return sum(flags) / len(flags) if flags else None
+
+
+def rag_row(engine: Engine, index, items: list[dict], k: int, max_tokens: int) -> dict:
+    """Score a task's items with retrieval; -> the suite row (score, n, the rates above, samples)."""
+    budget = engine.model.cfg.max_seq_len - max_tokens
+    built = [fit_grounded(engine.tok, it["messages"], index.search(last_user_text(it["messages"]), k), budget)
+             for it in items]
+    params = [SamplingParams(max_tokens=max_tokens, temperature=0.0) for _ in items]
+    preds = [c.text.strip() for c in engine.generate([ids for ids, _ in built], params)]
+    scores, recall, citing, cited_right, samples = [], [], [], [], []
+    cite_hits = cite_total = 0
+    for it, (_, hits), pred in zip(items, built, preds):
+        score = SCORERS[it["scorer"]](pred, it)
+        scores.append(score)
+        if "gold_docs" in it:
+            recall.append(any(h["doc_id"] in it["gold_docs"] for h in hits))
+        cited = [hits[c["n"] - 1] for c in citations(pred, hits)]
+        good = [bool(contains_match(h["text"], it["answers"])) for h in cited]
+        citing.append(bool(cited))
+        cite_hits, cite_total = cite_hits + sum(good), cite_total + len(good)
+        cited_right.append(score > 0 and any(good))
+        if len(samples) < 3:
+            samples.append({"id": it["id"], "prediction": pred, "score": score,
+                            "passages": [h["chunk_id"] for h in hits]})
+    return {"score": sum(scores) / len(scores), "n": len(scores),
+            "metric": f"accuracy with the top {k} retrieved passages in the prompt",
+            "retrieval_recall": _rate(recall), "answers_citing": _rate(citing),
+            "citation_precision": cite_hits / cite_total if cite_total else None,
+            "cited_and_right": _rate(cited_right),
+            "passages_in_prompt": sum(len(h) for _, h in built) / len(built), "samples": samples}
+
+
+def index_world_library(run: str | Path) -> dict:
+    """Add the world's library (world/library/docs.jsonl) to the run's retrieval index; -> the add counts
+    (empty when the world predates the library)."""
+    from chatforge.retrieval.chunks import read_documents
+    from chatforge.retrieval.index import RetrievalIndex
+    from chatforge.run import stage_dir
+
+    library = stage_dir(Path(run), "world") / "library" / "docs.jsonl"
+    if not library.is_file():
+        return {}
+    docs, _ = read_documents([library])
+    idx = RetrievalIndex.load(run)
+    counts = idx.add(docs)
+    idx.save()
+    return counts
