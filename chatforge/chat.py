@@ -64,10 +64,14 @@ class ChatSession:
                          for n, h in enumerate(self.hits, 1))
 
     def fit_prompt(self) -> list[int]:
-        """The conversation's ids, dropping the oldest turns when it outgrows the context."""
+        """The conversation's ids, dropping the lowest-ranked retrieved passages and then the oldest turns when
+        it outgrows the context."""
         ctx = self.engine.model.cfg.max_seq_len
         while True:
             ids = encode_conversation(self.engine.tok, self.messages())
+            if len(ids) >= ctx - 8 and len(self.hits) > 1:
+                self.hits = self.hits[:-1]
+                continue
             if len(ids) < ctx - 8 or len(self.history) <= 1:
                 if len(ids) >= ctx:
                     raise ChatforgeError(f"the message is {len(ids)} tokens; the model's context is {ctx}")

@@ -11,6 +11,7 @@
     chatforge eval      --run runs/demo --stage base
     chatforge export    --run runs/demo --stage base --format hf --out exported/
     chatforge sample    --run runs/demo --stage base "The town of"
+    chatforge moderation train --run runs/demo [--data mine.jsonl]; chatforge moderation check --run runs/demo "text"
     torchrun --nproc_per_node=2 -m chatforge.cli pretrain --run-dir runs/demo --dist fsdp
 """
 
@@ -263,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=3, help="with --retrieval: passages per question")
     p.add_argument("--calculator", action="store_true",
                    help="also score the arithmetic tasks with the calculator tool answering <<calc: ...>> (rows <task>@calc)")
+    p.add_argument("--moderation", action="store_true",
+                   help="also score refusals with the run's moderator screening questions and answers (refusal+moderation)")
 
     p = sub.add_parser("report", help="the run's report card: eval/report.md with plots of losses, rewards, "
                                       "capabilities, the data funnel and throughput")
@@ -303,6 +306,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="answer chat requests from the run's retrieval index (`chatforge index`) unless a request "
                         "says \"retrieval\": false; without it a request can still ask with \"retrieval\": true")
     p.add_argument("--retrieval-k", type=int, default=3, help="passages put into each grounded prompt")
+    p.add_argument("--moderation", choices=["off", "input", "output", "both"], default=None,
+                   help="moderate chat questions / answers (finish_reason content_filter); default: both when the "
+                        "run has a trained moderator (`chatforge moderation train`), else off")
+    p.add_argument("--moderation-threshold", type=float, default=None,
+                   help="flag at this score (default: the threshold chosen on the moderator's validation split)")
+    p.add_argument("--moderation-allow-optout", action="store_true",
+                   help="let a request switch moderation off with \"moderation\": false (else that is a 400)")
 
     p = sub.add_parser("task", help="NLP by instruction on the chat model: sentiment, extract, translate, summarize "
                                     "(stdin lines or JSON lines with text -> JSON lines)")
@@ -324,6 +334,18 @@ def build_parser() -> argparse.ArgumentParser:
     actions.choices["search"].add_argument("-k", type=int, default=3, help="passages to return")
     actions.choices["add"].add_argument("--max-chars", type=int, default=600,
                                         help="passage length in characters (a new index only)")
+
+    p = sub.add_parser("moderation", help="the safety classifier: `train` it (world data + your jsonl), `check` texts")
+    actions = p.add_subparsers(dest="action", required=True)
+    q = actions.add_parser("train", help="train RUN/moderation/ from world/moderation.jsonl and --data files")
+    _add_run(q)
+    q.add_argument("--data", nargs="+", default=[], metavar="FILE",
+                   help='extra JSON lines {"text", "label": "harmful"|"benign"|1|0}')
+    q.add_argument("--extra-weight", type=float, default=5.0, help="how many times each --data record counts")
+    q = actions.add_parser("check", help="print each text's score and verdict")
+    _add_run(q)
+    q.add_argument("texts", nargs="+")
+    q.add_argument("--threshold", type=float, default=None, help="flag at this score (default: the validated one)")
 
     p = sub.add_parser("feedback", help="the data flywheel: export user feedback as SFT and RM training data")
     p.add_argument("action", choices=["export", "stats"])
@@ -485,7 +507,9 @@ def _cmd_serve(args) -> None:
     from chatforge.serve.app import ServeOptions, build_server
 
     opts = ServeOptions(api_key=args.api_key, max_queue=args.max_queue, max_tokens_limit=args.max_tokens_limit,
-                        max_body_bytes=args.max_body_bytes, retrieval=args.retrieval, retrieval_k=args.retrieval_k)
+                        max_body_bytes=args.max_body_bytes, retrieval=args.retrieval, retrieval_k=args.retrieval_k,
+                        moderation=args.moderation, moderation_threshold=args.moderation_threshold,
+                        moderation_optout=args.moderation_allow_optout)
     if args.model_name:
         opts.model_name = args.model_name
     server = build_server(args.run, args.stage, args.device, args.db, args.max_batch, opts,
@@ -614,7 +638,8 @@ def main(argv: list[str] | None = None) -> int:
             tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
             stages = [s.strip() for s in args.stage.split(",") if s.strip()]
             results = [run_suite(args.run, s, tasks, args.limit, self_consistency=args.self_consistency,
-                                 retrieval_k=args.k if args.retrieval else 0, calculator=args.calculator)
+                                 retrieval_k=args.k if args.retrieval else 0, calculator=args.calculator,
+                                 moderation=args.moderation)
                        for s in stages]
             print(compare_table(results) if len(results) > 1 else format_table(results[0]))
         elif args.command == "report":
@@ -657,6 +682,20 @@ def main(argv: list[str] | None = None) -> int:
             _cmd_index(args)
         elif args.command == "task":
             _cmd_task(args)
+        elif args.command == "moderation" and args.action == "train":
+            from chatforge.safety.moderation import train_moderation
+
+            meta = train_moderation(args.run, args.data, extra_weight=args.extra_weight)
+            v = meta["validation"] or {}
+            print(f"moderation: {meta['train']['n']} training texts, threshold {meta['threshold']:.3f}; validation "
+                  f"precision {v.get('precision')} recall {v.get('recall')} false-positive rate "
+                  f"{v.get('false_positive_rate')} -> {args.run}/moderation")
+        elif args.command == "moderation":
+            from chatforge.safety.moderation import Moderator
+
+            mod = Moderator.load(args.run, args.threshold)
+            for text, score in zip(args.texts, mod.score(args.texts)):
+                print(f"{score:.3f}\t{'FLAGGED' if score >= mod.threshold else 'ok'}\t{text}")
         elif args.command == "feedback":
             from chatforge.run import require_run
             from chatforge.serve.flywheel import export_feedback

@@ -210,7 +210,7 @@ def test_grounded_demonstrations_cite_the_passage_about_the_asked_entity(world):
     misses = 0
     for system, user, answer in grounded:
         titles = re.findall(r"^\[(\d)\] ([^:]+):", system["content"], re.M)
-        assert [n for n, _ in titles] == ["1", "2"]
+        assert [n for n, _ in titles] == [str(i) for i in range(1, len(titles) + 1)] and 1 <= len(titles) <= 3
         hits = [{"chunk_id": t, "doc_id": t, "title": t} for _, t in titles]
         asked = [n for n, t in titles if t in user["content"]]
         if answer["content"] in NOT_IN_SOURCES.values():

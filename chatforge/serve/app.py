@@ -7,6 +7,15 @@ GET /tokenizer_info, /health, /metrics (Prometheus text); the feedback API under
 `feedback_routes`). Errors are OpenAI's `{"error": {"message", "type", "param", "code"}}`: 400 bad input,
 401 bad or missing key (with --api-key), 404 unknown id, 413 body too large, 429 queue full, 503 engine
 down; 500 only for real faults. Generation goes through one `Scheduler` (continuous batching; the engine in its own process).
+
+Moderation (`--moderation off|input|output|both`, default both when the run has a trained moderator): chat
+completions only (`/v1/completions` is the raw scoring endpoint of evaluation harnesses and is not moderated).
+Input: the last user message is scored; flagged -> nothing is generated, one choice with a short refusal in the
+question's language and finish_reason "content_filter", and the response's `moderation.input` gives
+{"flagged", "score"}. Output: each answer is scored (over windows of the moderator's output_window
+characters); flagged -> its text is withheld ("" without streaming; when streaming, deltas stop before the
+flagged one and the choice ends with finish_reason "content_filter"); each choice carries `moderation`
+{"flagged", "score"}. A request's "moderation": false is honoured only with --moderation-allow-optout (else 400).
 """
 
 from __future__ import annotations
@@ -15,8 +24,9 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -57,6 +67,20 @@ class ServeOptions:
     default_max_tokens: int | None = None  # chat without max_tokens: the rest of the context, capped here
     retrieval: bool = False  # chat requests answer from the run's index unless they say retrieval: false
     retrieval_k: int = 3  # passages put into the prompt
+    # moderation of chat completions (chatforge.safety.moderation): off | input | output | both; None: both when
+    # the run has a trained moderator, else off. A threshold overrides the moderator's validated one.
+    moderation: str | None = None
+    moderation_threshold: float | None = None
+    moderation_optout: bool = False  # a request's "moderation": false is honoured (else it is a 400)
+
+
+MODERATION_MODES = ("off", "input", "output", "both")
+REFUSAL = {"en": "Sorry, I can't help with that request.", "zh": "抱歉，我不能协助处理这个请求。"}
+
+
+def _is_chinese(text: str) -> bool:
+    """More Han characters than Latin words: answer a refusal in Chinese."""
+    return len(re.findall(r"[\u3400-\u9fff]", text)) > len(re.findall(r"[A-Za-z]+", text))
 
 
 class Gate:
@@ -124,9 +148,11 @@ class Server:
     application."""
 
     def __init__(self, scheduler: Scheduler, tok: Tokenizer, store: FeedbackStore | None, opts: ServeOptions,
-                 index=None):
+                 index=None, moderator=None):
         self.scheduler, self.tok, self.store, self.opts = scheduler, tok, store, opts
         self.index = index  # a RetrievalIndex, when the run has one
+        self.moderator = moderator  # a safety.moderation.Moderator when moderation is on
+        self.flagged = {"input": 0, "output": 0}
         self.ctx, self.vocab = scheduler.ctx, scheduler.vocab
         self.tt = TokenText(self.tok, self.vocab)
         self.started = time.time()
@@ -267,6 +293,9 @@ class Server:
             "# TYPE chatforge_sequences_finished_total counter", f"chatforge_sequences_finished_total {s.finished_requests}",
             "# TYPE chatforge_sequences_cancelled_total counter",
             f"chatforge_sequences_cancelled_total {s.cancelled_requests}",
+            "# HELP chatforge_moderation_flagged_total Chat questions refused / answers cut by moderation.",
+            "# TYPE chatforge_moderation_flagged_total counter",
+            *(f'chatforge_moderation_flagged_total{{where="{k}"}} {v}' for k, v in self.flagged.items()),
             "# TYPE chatforge_http_errors_total counter",
         ]
         lines += [f'chatforge_http_errors_total{{status="{k}"}} {v}' for k, v in sorted(self.errors.items())]
@@ -344,8 +373,9 @@ class Server:
             if len(self.ttft) > 5000:
                 del self.ttft[:-1000]
 
-    def _stream(self, ticket: Ticket, make_chunks, finish) -> StreamingResponse:
-        """SSE response over the ticket's events; `make_chunks(ev)` -> chunk dicts; `finish()` -> last chunks.
+    def _stream(self, ticket: Ticket, make_chunks, finish, stop=None) -> StreamingResponse:
+        """SSE response over the ticket's events; `make_chunks(ev)` -> chunk dicts; `finish()` -> last chunks;
+        `stop()` true: the answer is over before its sequences are (output moderation cut them), cancel them.
         A client that goes away cancels its sequences (the generator is closed)."""
         async def gen():
             completed = False
@@ -355,6 +385,9 @@ class Server:
                                    for ev in merge_deltas(batch) for chunk in make_chunks(ev))
                     if text:
                         yield text
+                    if stop is not None and stop():
+                        self.scheduler.cancel(ticket)  # only the unfinished (cut) sequences are still there
+                        break
                 for chunk in finish():
                     yield f"data: {sse_json(chunk)}\n\n"
                 yield "data: [DONE]\n\n"
@@ -386,7 +419,8 @@ class Server:
     async def _chat(self, req: ChatRequest, request: Request):
         from chatforge.retrieval.grounding import citations, source_list
 
-        msgs, hits = self._retrieve(req, chat_messages(self.tok, req.messages))
+        asked = chat_messages(self.tok, req.messages)
+        msgs, hits = self._retrieve(req, asked)
         prompt = self._encode_chat(msgs)
         self._check_prompt(prompt, "messages")
         n_top = req.logprob_count()
@@ -400,34 +434,55 @@ class Server:
             raise ApiError(400, "store: this server has no feedback store", "store")
         if turn_id is not None and not self.store.has_turn(turn_id):  # before streaming starts, not after
             raise ApiError(404, f"no turn {turn_id}", "metadata.turn_id", "not_found")
+        check_in, check_out = await self._moderation_for(request)
+        record = (lambda comps: self._store_answers(turn_id, msgs, params[0], comps)) if turn_id else None
+        if check_in:
+            question = next((m["content"] for m in reversed(asked) if m["role"] == "user"), "")
+            score = self.moderator.score([question])[0]
+            verdict = {"flagged": score >= self.moderator.threshold, "score": round(score, 4)}
+            if verdict["flagged"]:
+                self.flagged["input"] += 1
+                return self._refuse(req, prompt, question, verdict, record)
+        mod_info = {"input": verdict} if check_in else None
         ticket = self._submit([prompt] * req.n, params)
         cid, created, model = new_id("chatcmpl"), now(), self.opts.model_name
-        record = (lambda comps: self._store_answers(turn_id, msgs, params[0], comps)) if turn_id else None
         if not req.stream:
             comps = await self._collect(ticket, request)
+            verdicts = [self._check_output(c.text) for c in comps] if check_out else [None] * len(comps)
+            comps = [replace(c, text="", finish_reason="content_filter") if v and v["flagged"] else c
+                     for c, v in zip(comps, verdicts)]
             answer_ids = record(comps) if record else [None] * len(comps)
             choices = []
             for j, c in enumerate(comps):
+                cut = c.finish_reason == "content_filter"
                 choice = {"index": j, "message": {"role": "assistant", "content": c.text},
-                          "logprobs": chat_logprobs(self.tt, c, 0, len(c.token_ids), n_top) if n_top is not None else None,
+                          "logprobs": chat_logprobs(self.tt, c, 0, len(c.token_ids), n_top)
+                          if n_top is not None and not cut else None,
                           "finish_reason": c.finish_reason}
                 if answer_ids[j]:
                     choice["answer_id"] = answer_ids[j]
                 if hits is not None:
                     choice["citations"] = citations(c.text, hits)
+                if verdicts[j] is not None:
+                    choice["moderation"] = verdicts[j]
                 choices.append(choice)
             out_tokens = sum(len(c.token_ids) for c in comps)
             out = {"id": cid, "object": "chat.completion", "created": created, "model": model,
                    "system_fingerprint": None, "choices": choices, "usage": usage(len(prompt), out_tokens)}
             if hits is not None:
                 out["sources"] = source_list(hits)
+            if mod_info:
+                out["moderation"] = mod_info
             return out
 
         base = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
                 "system_fingerprint": None}
         with_usage = req.include_usage
         started: set[int] = set()
-        comps: dict[int, Completion] = {}
+        comps: dict[int, Completion] = {}  # finished choices, and choices cut by output moderation
+        shown: dict[int, str] = {}  # text sent so far, per choice (with output moderation)
+        token_ids: dict[int, list[int]] = {}
+        top_score: dict[int, float] = {}
 
         def chunk(choices: list[dict]) -> dict:
             c = dict(base, choices=choices)
@@ -438,13 +493,33 @@ class Server:
         def make_chunks(ev):
             out = []
             j = ev.index
+            if j in comps:  # cut by output moderation: the rest of this choice is dropped
+                return out
             if j not in started:
                 started.add(j)
                 first = chunk([{"index": j, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                                 "finish_reason": None}])
                 if hits is not None:
                     first["sources"] = source_list(hits)
+                if mod_info:
+                    first["moderation"] = mod_info
                 out.append(first)
+            if check_out:
+                token_ids.setdefault(j, []).extend(ev.token_ids)
+                if ev.delta:
+                    text = shown.get(j, "") + ev.delta
+                    score = self.moderator.score([text[-self.moderator.window:]])[0]
+                    top_score[j] = max(top_score.get(j, 0.0), score)
+                    if score >= self.moderator.threshold:  # withhold this delta and end the choice here
+                        self.flagged["output"] += 1
+                        c = comps[j] = Completion(prompt, list(token_ids[j]), shown.get(j, ""), "content_filter")
+                        final = {"index": j, "delta": {}, "logprobs": None, "finish_reason": "content_filter",
+                                 "moderation": {"flagged": True, "score": round(score, 4)}}
+                        if record:
+                            final["answer_id"] = record([c])[0]
+                        out.append(chunk([final]))
+                        return out
+                    shown[j] = text
             lp = None
             if n_top is not None and ev.logprobs:  # the logprobs of this chunk's tokens (held-back text too)
                 lp = {"content": [self.tt.chat_entry(t, v, ev.top_logprobs[k] if ev.top_logprobs else None)
@@ -458,6 +533,8 @@ class Server:
                     final["answer_id"] = record([c])[0]
                 if hits is not None:
                     final["citations"] = citations(c.text, hits)
+                if check_out:
+                    final["moderation"] = {"flagged": False, "score": round(top_score.get(j, 0.0), 4)}
                 out.append(chunk([final]))
             return out
 
@@ -467,7 +544,69 @@ class Server:
             done = sum(len(c.token_ids) for c in comps.values())
             return [dict(base, choices=[], usage=usage(len(prompt) * req.n, done))]
 
-        return self._stream(ticket, make_chunks, finish)
+        # once every choice has finished or been cut, stop: the cut ones' rows are freed at once
+        return self._stream(ticket, make_chunks, finish, stop=lambda: len(comps) == req.n)
+
+    # -- moderation -----------------------------------------------------------------------------------------
+    async def _moderation_for(self, request: Request) -> tuple[bool, bool]:
+        """(check the question, check the answers) for this request: the server's --moderation mode, unless the
+        request says "moderation": false and the server allows that (--moderation-allow-optout)."""
+        body = await request.json()  # already parsed by FastAPI (cached): the field is chatforge's own
+        asked = body.get("moderation") if isinstance(body, dict) else None
+        if asked is not None and not isinstance(asked, bool):
+            raise ApiError(400, f"moderation must be true or false, not {asked!r}", "moderation", "invalid_value")
+        if self.moderator is None:
+            if asked:
+                raise ApiError(400, "moderation: this server runs without a moderator (chatforge moderation train "
+                                    "--run RUN, then serve with --moderation both)", "moderation")
+            return False, False
+        if asked is False:
+            if not self.opts.moderation_optout:
+                raise ApiError(400, "moderation: this server does not let a request switch moderation off",
+                               "moderation", "moderation_required")
+            return False, False
+        mode = self.opts.moderation
+        return mode in ("input", "both"), mode in ("output", "both")
+
+    def _check_output(self, text: str) -> dict:
+        score = self.moderator.output_score(text) if text else 0.0
+        flagged = score >= self.moderator.threshold
+        if flagged:
+            self.flagged["output"] += 1
+        return {"flagged": flagged, "score": round(score, 4)}
+
+    def _refuse(self, req: ChatRequest, prompt: list[int], question: str, verdict: dict, record):
+        """The answer to a flagged question: one choice with a short refusal in the question's language,
+        finish_reason content_filter; nothing is generated."""
+        text = REFUSAL["zh" if _is_chinese(question) else "en"]
+        cid, created, model = new_id("chatcmpl"), now(), self.opts.model_name
+        answer_id = record([Completion(prompt, [], text, "content_filter")])[0] if record else None
+        choice = {"index": 0, "logprobs": None, "finish_reason": "content_filter"}
+        if answer_id:
+            choice["answer_id"] = answer_id
+        if not req.stream:
+            return {"id": cid, "object": "chat.completion", "created": created, "model": model,
+                    "system_fingerprint": None, "choices": [dict(choice, message={"role": "assistant", "content": text})],
+                    "usage": usage(len(prompt), 0), "moderation": {"input": verdict}}
+        base = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                "system_fingerprint": None}
+        if req.include_usage:
+            base["usage"] = None
+        chunks = [dict(base, moderation={"input": verdict}, choices=[{"index": 0, "delta": {"role": "assistant",
+                                                                                            "content": ""},
+                                                                       "logprobs": None, "finish_reason": None}]),
+                  dict(base, choices=[{"index": 0, "delta": {"content": text}, "logprobs": None, "finish_reason": None}]),
+                  dict(base, choices=[dict(choice, delta={})])]
+        if req.include_usage:
+            chunks.append(dict(base, choices=[], usage=usage(len(prompt), 0)))
+
+        async def gen():
+            for c in chunks:
+                yield f"data: {sse_json(c)}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(gen(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     def _store_answers(self, turn_id: str, msgs: list[dict], sp: SamplingParams, comps: list[Completion]) -> list[str]:
         settings = {k: v for k, v in asdict(sp).items() if k in ("temperature", "top_p", "top_k", "max_tokens",
@@ -617,4 +756,24 @@ def build_server(run: str | Path, stage: str = "sft", device: str = "cpu", db: s
     from chatforge.retrieval.index import RetrievalIndex
 
     index = RetrievalIndex.load_nonempty(run) if opts.retrieval else RetrievalIndex.load(run)
-    return Server(scheduler, Tokenizer.load(folder), store, opts, index if index.docs else None)
+    return Server(scheduler, Tokenizer.load(folder), store, opts, index if index.docs else None,
+                  _moderator(run, opts))
+
+
+def _moderator(run: Path, opts: ServeOptions):
+    """The run's moderator for `opts.moderation` (resolved in place: None -> both or off), or None when off."""
+    from chatforge.safety import moderation
+
+    if opts.moderation is None:
+        opts.moderation = "both" if moderation.exists(run) else "off"
+    if opts.moderation not in MODERATION_MODES:
+        raise ChatforgeError(f"--moderation {opts.moderation!r}: expected one of {', '.join(MODERATION_MODES)}")
+    if opts.moderation == "off":
+        if opts.moderation_threshold is not None:
+            raise ChatforgeError("--moderation-threshold given, but moderation is off "
+                                 f"({'--moderation off' if moderation.exists(run) else 'the run has no moderator'})")
+        return None
+    if not moderation.exists(run):
+        raise ChatforgeError(f"--moderation {opts.moderation}: {moderation.folder(run)} holds no trained moderator; "
+                             f"train one with `chatforge moderation train --run {run}` or serve with --moderation off")
+    return moderation.Moderator.load(run, opts.moderation_threshold)

@@ -5,6 +5,7 @@
     world/rankings.jsonl       ranked answers ({"prompt","responses","ranking","labeler","grades"})
     world/prompts.jsonl        RL prompts not seen in SFT ({"prompt","answer","task"})
     world/eval/<task>.jsonl    held-out capability-suite items (decontaminated against all of the above)
+    world/moderation.jsonl     harmful / benign requests for the moderation classifier ({"text","label","lang"})
     world/library/docs.jsonl  one article per entity and language, held-out ones flagged "withheld" (retrieval)
     world/facts.json           every entity and fact (held-out ones flagged)
     world/stats.json           counts per kind, decontamination, labeler agreement
@@ -22,6 +23,7 @@ from chatforge import ChatforgeError
 from chatforge.run import mark_complete
 from chatforge.world import chat_data, corpus, decontam, evalsets, library
 from chatforge.world.entities import build_world
+from chatforge.world.moderation_data import MODERATION_EXAMPLES, moderation_examples
 
 SIZES: dict[str, dict[str, int]] = {
     # entities, pre-training documents, demonstrations, ranked prompts, RL prompts, eval items per task
@@ -85,11 +87,13 @@ def generate_world(run_dir: str | Path, seed: int = 0, size: str = "tiny", label
     prompts = chat_data.rl_prompts(w, rng("prompts"), spec["prompts"], exclude=sft_users)
     evals = evalsets.eval_items(w, rng("eval"), spec["eval"])
     articles = library.library_documents(w, rng("library"))
+    moderation = moderation_examples(w, rng("moderation"), MODERATION_EXAMPLES[size])
 
     training_texts = [d["text"] for d in docs]
     training_texts += [m["content"] for ex in sft for m in ex["messages"]]
     training_texts += [m["content"] for r in ranked for m in r["prompt"]] + [x for r in ranked for x in r["responses"]]
     training_texts += [m["content"] for p in prompts for m in p["prompt"]]
+    training_texts += [r["text"] for r in moderation]  # the classifier trains on them: keep eval items apart
     index = decontam.build_index(training_texts)
     dropped = {}
     for task, items in evals.items():
@@ -107,6 +111,7 @@ def generate_world(run_dir: str | Path, seed: int = 0, size: str = "tiny", label
     _write_jsonl(out / "rankings.jsonl", ranked)
     _write_jsonl(out / "prompts.jsonl", prompts)
     _write_jsonl(out / "library" / "docs.jsonl", articles)
+    _write_jsonl(out / "moderation.jsonl", moderation)
     for task, items in evals.items():
         _write_jsonl(out / "eval" / f"{task}.jsonl", items)
     facts = {"seed": seed, "size": size, **{g: [asdict(e) for e in getattr(w, g)] for g in
@@ -121,6 +126,7 @@ def generate_world(run_dir: str | Path, seed: int = 0, size: str = "tiny", label
         "duplicate_groups": len({d["dup_group"] for d in docs if "dup_group" in d}),
         "sft": {t: sum(1 for e in sft if e["task"] == t) for t in sorted({e["task"] for e in sft})},
         "rankings": len(ranked), "labeler_agreement": labeler_agreement(ranked), "prompts": len(prompts),
+        "moderation": {label: sum(r["label"] == label for r in moderation) for label in ("harmful", "benign")},
         "library": {"documents": len(articles), "withheld": sum(a["withheld"] for a in articles)},
         "eval": {t: len(v) for t, v in evals.items()}, "eval_dropped_by_decontamination": dropped,
     }

@@ -49,15 +49,16 @@ def cite(sentence: str, n: int, lang: str) -> str:
 
 
 def grounded_example(w: World, rng: random.Random, lang: str, miss_rate: float = 0.15) -> list[dict]:
-    """A grounded chat turn: a sources block of two articles (the asked entity's and a same-kind distractor,
-    in random order; with probability `miss_rate` two distractors), the question, and the answer citing
-    the passage it read."""
+    """A grounded chat turn: a sources block of one to three articles (the asked entity's and same-kind
+    distractors, in random order; with probability `miss_rate` distractors only), the question, and the
+    answer citing the passage it read."""
     e = rng.choice(w.known(GROUP[rng.choice(list(GROUP))]))
     r = rng.choice(relations_of(GROUP[e.kind]))
     f = fields(e, w, lang)
     others = [o for o in w.known(GROUP[e.kind]) if o is not e]
     miss = rng.random() < miss_rate
-    picked = rng.sample(others, 2) if miss else [e, rng.choice(others)]
+    n = rng.choice([1, 2, 3])
+    picked = rng.sample(others, n) if miss else [e, *rng.sample(others, n - 1)]
     rng.shuffle(picked)
     passages = [article(w, x, lang, rng) for x in picked]
     q = rng.choice(question_templates(r, lang)).format(**f)
