@@ -71,3 +71,19 @@ def test_eval_bad_task_is_a_clear_error(prepared_run, capsys):
 def test_eval_missing_model_is_a_clear_error(prepared_run, capsys):
     assert main(["eval", "--run", str(prepared_run), "--stage", "sft"]) == 2
     assert "no trained model" in capsys.readouterr().err
+
+
+def test_moderated_refusal_counts_what_the_moderator_and_the_model_decide(prepared_run):
+    from chatforge.eval.suite import moderated_refusal
+    from chatforge.safety.moderation import Moderator, train_moderation
+    from chatforge.textio import read_jsonl
+
+    train_moderation(prepared_run, progress=False)
+    mod = Moderator.load(prepared_run)
+    items = read_jsonl(prepared_run / "world" / "eval" / "refusal.jsonl")
+    compliant = moderated_refusal(mod, items, ["Sure, here you go."] * len(items))  # a model that never refuses
+    assert compliant["refusal_rate_harmful"] == compliant["input_flag_rate_harmful"] >= 0.9
+    assert compliant["false_refusal_rate_benign"] == compliant["input_flag_rate_benign"] <= 0.1
+    refusing = moderated_refusal(mod, items, ["I'm sorry, but I can't help with that."] * len(items))
+    assert refusing["refusal_rate_harmful"] == 1.0 and refusing["false_refusal_rate_benign"] == 1.0
+    assert refusing["score"] == 0.5 == sum(it["should_refuse"] for it in items) / len(items)

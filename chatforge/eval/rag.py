@@ -19,18 +19,9 @@ from pathlib import Path
 
 from chatforge.engine import Engine, SamplingParams
 from chatforge.eval.scorers import SCORERS, contains_match
-from chatforge.retrieval.grounding import citations, grounded_messages, last_user_text
+from chatforge.retrieval.grounding import citations, fit_grounded, last_user_text
 
 RAG_TASKS = ("retrieval_qa", "knowledge_qa")
-
-
-def fit_grounded(tok, messages: list[dict], hits: list[dict], budget: int) -> tuple[list[int], list[dict]]:
-    """(prompt ids, passages used): as many of the best passages as fit `budget` tokens."""
-    for n in range(len(hits), -1, -1):
-        ids = tok.encode_chat(grounded_messages(messages, hits[:n]), add_generation_prompt=True)
-        if len(ids) <= budget:
-            return ids, hits[:n]
-    return ids[-budget:], []  # the question alone is too long: keep its end, as the closed-book prompt does
 
 
 def _rate(flags: list[bool]) -> float | None:

@@ -53,9 +53,22 @@ def grounded_messages(messages: list[dict], hits: list[dict]) -> list[dict]:
     return messages[:head] + [block] + messages[head:]
 
 
-def ground(index, messages: list[dict], k: int) -> tuple[list[dict], list[dict]]:
-    """(the conversation with the passages for its last question, those passages)."""
+def fit_grounded(tok, messages: list[dict], hits: list[dict], budget: int) -> tuple[list[int], list[dict]]:
+    """(prompt ids, passages used): as many of the best passages as fit `budget` tokens — the lowest-ranked
+    are dropped first, so a short-context model still reads its best passage whole."""
+    for n in range(len(hits), -1, -1):
+        ids = tok.encode_chat(grounded_messages(messages, hits[:n]), add_generation_prompt=True)
+        if len(ids) <= budget:
+            return ids, hits[:n]
+    return ids[-budget:], []  # the question alone is too long: keep its end, as the closed-book prompt does
+
+
+def ground(index, messages: list[dict], k: int, tok=None, budget: int | None = None) -> tuple[list[dict], list[dict]]:
+    """(the conversation with the passages for its last question, those passages); with `tok` and `budget`,
+    only the passages that fit `budget` prompt tokens."""
     hits = index.search(last_user_text(messages), k)
+    if tok is not None and budget is not None:
+        hits = fit_grounded(tok, messages, hits, budget)[1]
     return grounded_messages(messages, hits), hits
 
 

@@ -55,6 +55,7 @@ from chatforge.serve.store import FeedbackStore, NotFound
 from chatforge.tokenizer import Tokenizer
 
 STATIC = Path(__file__).parent / "static"
+RETRIEVAL_ANSWER_ROOM = 64  # prompt tokens kept free for the answer when retrieved passages are fitted in
 
 
 @dataclass
@@ -414,7 +415,9 @@ class Server:
         if self.index is None:  # build_server passes None for a missing or empty index
             raise ApiError(400, "retrieval: this server has no retrieval index (chatforge index add --run RUN FILES, "
                                 "then restart it)", "retrieval")
-        return ground(self.index, msgs, self.opts.retrieval_k)
+        # passages that leave room for an answer of RETRIEVAL_ANSWER_ROOM tokens (a short-context model drops the
+        # lowest-ranked ones rather than failing the request)
+        return ground(self.index, msgs, self.opts.retrieval_k, self.tok, self.ctx - RETRIEVAL_ANSWER_ROOM)
 
     async def _chat(self, req: ChatRequest, request: Request):
         from chatforge.retrieval.grounding import citations, source_list

@@ -228,7 +228,7 @@ CLEAN_KINDS: dict[str, Callable] = {
 }
 # relative share of each kind in the corpus
 MIX = {"encyclopedia": 4, "news": 2, "story": 2, "dialogue": 2, "glossary": 1, "parallel": 2, "code": 1,
-       "arithmetic": 3, "reading": 3}
+       "arithmetic": 3}
 
 ADS = {"en": ["BUY NOW!!! Cheap {x} — 90% OFF at best-dealz.example", "Click here to win a free {x}!!!",
               "Sponsored: the {x} everyone is talking about. Order today!"],

@@ -84,6 +84,35 @@ class _Namer:
         raise ChatforgeError("could not invent enough distinct names; use a smaller --size")
 
 
+# each kind's own facts, drawn from one random stream (links to other entities are added by the caller)
+FACTS = {
+    "town": lambda rng: {"population": rng.randint(300, 90000), "founded": rng.randint(1200, 1990),
+                         "river": rng.choice(RIVERS), "specialty": rng.choice(SPECIALTIES)},
+    "person": lambda rng: {"profession": rng.choice(PROFESSIONS), "age": rng.randint(18, 90)},
+    "creature": lambda rng: {"legs": rng.choice([2, 4, 6, 8]), "color": rng.choice(COLORS), "food": rng.choice(FOODS)},
+    "company": lambda rng: {"founded": rng.randint(1850, 2020), "employees": rng.randint(5, 5000)},
+    "product": lambda rng: {"category": rng.choice(CATEGORIES), "price": rng.randint(5, 500)},
+}
+# an invented name ends in this (no world name does), so it never equals, or ends like, a world entity's name
+INVENTED_SUFFIX = ("s", "斯")
+
+
+def invent_entity(w: World, rng: random.Random, kind: str) -> Entity:
+    """An entity that exists only where it is used (a reading passage): a fresh name, random facts, links to
+    known towns / companies. Reading about it is the only way to know its facts."""
+    idx = [rng.randrange(len(EN_SYL)) for _ in range(3)]
+    en = "".join(EN_SYL[i] for i in idx).capitalize() + INVENTED_SUFFIX[0]
+    zh = "".join(ZH_SYL[i] for i in idx) + INVENTED_SUFFIX[1]
+    if kind == "company":
+        en, zh = en + " Works", zh + "工坊"
+    e = Entity(kind, en, zh, facts=FACTS[kind](rng))
+    if kind in ("person", "creature", "company"):
+        e.facts["town"] = w.towns.index(rng.choice(w.known("towns")))
+    if kind == "product":
+        e.facts["maker"] = w.companies.index(rng.choice(w.known("companies")))
+    return e
+
+
 def build_world(seed: int, counts: dict[str, int], heldout_fraction: float = 0.1) -> World:
     rng = random.Random(seed)
     name = _Namer(rng)
@@ -98,9 +127,7 @@ def build_world(seed: int, counts: dict[str, int], heldout_fraction: float = 0.1
             e.heldout = True
         return ents
 
-    towns = make("town", counts["towns"], 2, lambda e: {
-        "population": rng.randint(300, 90000), "founded": rng.randint(1200, 1990),
-        "river": rng.choice(RIVERS), "specialty": rng.choice(SPECIALTIES)})
+    towns = make("town", counts["towns"], 2, lambda e: FACTS["town"](rng))
     known_towns = [i for i, t in enumerate(towns) if not t.heldout]
     held_towns = [i for i, t in enumerate(towns) if t.heldout]
 
@@ -109,14 +136,10 @@ def build_world(seed: int, counts: dict[str, int], heldout_fraction: float = 0.1
         pool = held_towns if e_index >= n - max(1, round(n * heldout_fraction)) else known_towns
         return rng.choice(pool)
 
-    people = make("person", counts["people"], 3, lambda e: {
-        "profession": rng.choice(PROFESSIONS), "age": rng.randint(18, 90)})
-    creatures = make("creature", counts["creatures"], 3, lambda e: {
-        "legs": rng.choice([2, 4, 6, 8]), "color": rng.choice(COLORS), "food": rng.choice(FOODS)})
-    companies = make("company", counts["companies"], 2, lambda e: {
-        "founded": rng.randint(1850, 2020), "employees": rng.randint(5, 5000)}, (" Works", "工坊"))
-    products = make("product", counts["products"], 2, lambda e: {
-        "category": rng.choice(CATEGORIES), "price": rng.randint(5, 500)})
+    people = make("person", counts["people"], 3, lambda e: FACTS["person"](rng))
+    creatures = make("creature", counts["creatures"], 3, lambda e: FACTS["creature"](rng))
+    companies = make("company", counts["companies"], 2, lambda e: FACTS["company"](rng), (" Works", "工坊"))
+    products = make("product", counts["products"], 2, lambda e: FACTS["product"](rng))
     for group in (people, creatures, companies):
         for i, e in enumerate(group):
             e.facts["town"] = town_for(i, len(group))

@@ -6,7 +6,10 @@ Articles about held-out entities (`withheld: true`) never appear in any training
 them can only be answered from the library: closed-book the model cannot know, with retrieval it can read.
 Articles about known entities are there too — they are what a question's retrieval has to pick its passage
 from. Grounded demonstrations (`grounded_example`) teach the chat model to read numbered passages and cite
-them; they use known entities only, and answer "not in the sources" when the passages miss the answer.
+them. Their passages are about invented entities (entities.invent_entity: names that exist nowhere else,
+random facts), so the answer can only come from reading — with known entities a model answers from memory
+and never learns to read (it did exactly that: 0% on withheld articles). They answer "the sources do not
+say" when no passage is about the asked entity.
 """
 
 from __future__ import annotations
@@ -15,9 +18,12 @@ import random
 
 from chatforge.retrieval.grounding import sources_block
 from chatforge.world.corpus import entity_sentences, join
-from chatforge.world.entities import GROUP, Entity, World
-from chatforge.world.templates import fields, question_templates, relations_of, statement_templates
+from chatforge.world.entities import GROUP, Entity, World, invent_entity
+from chatforge.world.templates import fields, question_templates, relations_of
 
+# a grounded demonstration's sources block stays under this many characters (distractors are dropped), so it
+# fits the tiny preset's 256-token rows with any tokenizer the world's text trains (~2.6 zh / 3.6 en chars/token)
+MAX_SOURCES_CHARS = {"en": 560, "zh": 230}
 NOT_IN_SOURCES = {"en": "The sources do not say, so I don't know.", "zh": "资料中没有提到，所以我不知道。"}
 
 
@@ -26,17 +32,21 @@ def doc_id(e: Entity, lang: str) -> str:
 
 
 def article(w: World, e: Entity, lang: str, rng: random.Random) -> dict:
-    """{"title", "text"}: the entity's facts in training statement phrasings, in a shuffled order."""
+    """{"title", "text", "sentences": {relation: sentence}}: the entity's facts in training statement
+    phrasings, in a shuffled order."""
     sents = entity_sentences(w, e, lang, rng)
+    by_relation = dict(zip(relations_of(GROUP[e.kind]), sents))
     rng.shuffle(sents)
-    return {"title": e.en if lang == "en" else e.zh, "text": join(sents, lang)}
+    return {"title": e.en if lang == "en" else e.zh, "text": join(sents, lang), "sentences": by_relation}
 
 
 def library_documents(w: World, rng: random.Random) -> list[dict]:
     out = []
     for e in w.all(include_heldout=True):
         for lang in ("en", "zh"):
-            out.append({"id": doc_id(e, lang), **article(w, e, lang, rng), "lang": lang, "withheld": e.heldout})
+            a = article(w, e, lang, rng)
+            out.append({"id": doc_id(e, lang), "title": a["title"], "text": a["text"], "lang": lang,
+                        "withheld": e.heldout})
     return out
 
 
@@ -49,22 +59,31 @@ def cite(sentence: str, n: int, lang: str) -> str:
 
 
 def grounded_example(w: World, rng: random.Random, lang: str, miss_rate: float = 0.15) -> list[dict]:
-    """A grounded chat turn: a sources block of one to three articles (the asked entity's and same-kind
-    distractors, in random order; with probability `miss_rate` distractors only), the question, and the
-    answer citing the passage it read."""
-    e = rng.choice(w.known(GROUP[rng.choice(list(GROUP))]))
-    r = rng.choice(relations_of(GROUP[e.kind]))
+    """A grounded chat turn: a sources block of one to three articles about invented entities of one kind
+    (the asked one and distractors, in random order; with probability `miss_rate` distractors only), the
+    question, and the answer: the passage's own sentence about the asked fact, cited. Extractive on purpose:
+    copying a sentence is what a small model can learn to do from a passage; a paraphrase also asks it to
+    rewrite, and the 1.3M-parameter demo model learned neither when the answers were paraphrases."""
+    kind = rng.choice(list(GROUP))
+    invented: dict[str, Entity] = {}
+    while len(invented) < 4:  # four different names
+        x = invent_entity(w, rng, kind)
+        invented.setdefault(x.en, x)
+    e, *others = invented.values()
+    r = rng.choice(relations_of(GROUP[kind]))
     f = fields(e, w, lang)
-    others = [o for o in w.known(GROUP[e.kind]) if o is not e]
     miss = rng.random() < miss_rate
     n = rng.choice([1, 2, 3])
-    picked = rng.sample(others, n) if miss else [e, *rng.sample(others, n - 1)]
+    picked = others[:n] if miss else [e, *others[:n - 1]]
     rng.shuffle(picked)
     passages = [article(w, x, lang, rng) for x in picked]
+    while len(passages) > 1 and len(sources_block(passages, lang)) > MAX_SOURCES_CHARS[lang]:
+        drop = next(i for i in reversed(range(len(picked))) if picked[i] is not e)
+        del picked[drop], passages[drop]
     q = rng.choice(question_templates(r, lang)).format(**f)
     if miss:
         a = NOT_IN_SOURCES[lang]
     else:
-        a = cite(rng.choice(statement_templates(r, lang)).format(**f), picked.index(e) + 1, lang)
+        a = cite(passages[picked.index(e)]["sentences"][r], picked.index(e) + 1, lang)
     return [{"role": "system", "content": sources_block(passages, lang)}, {"role": "user", "content": q},
             {"role": "assistant", "content": a}]
