@@ -157,7 +157,8 @@ def test_heldout_entities_never_appear_in_training_text(world):
 def test_formats_and_coverage(world):
     sft = _jsonl(world / "sft.jsonl")
     assert {e["task"] for e in sft} == {"qa", "multiturn", "email", "sentiment", "extraction", "translation",
-                                         "summary", "arithmetic", "unknown", "refusal", "format", "grounded"}
+                                         "summary", "arithmetic", "unknown", "refusal", "format", "grounded",
+                                         "helpful"}
     for ex in sft:
         roles = [m["role"] for m in ex["messages"]]
         assert roles[-1] == "assistant" and set(roles) <= {"system", "user", "assistant"}

@@ -3,7 +3,8 @@
 Demonstrations cover: knowledge Q&A, multi-turn follow-ups that need earlier turns, an English email from
 Chinese bullet points, review sentiment, time/place/person extraction as JSON, zh<->en translation,
 summaries, arithmetic with step-by-step reasoning that computes with the calculator tool, "I don't know" about entities that don't exist,
-polite refusals of harmful requests, and answers under output constraints (bullets, one word, JSON keys,
+polite refusals of harmful requests, helpful answers to harmless requests that sound alarming (kill a
+stuck process, shoot a video), and answers under output constraints (bullets, one word, JSON keys,
 language, lowercase), and grounded answers that read numbered source passages and cite them as [n] (or say
 the sources don't have it). Only known entities and training templates are used.
 
@@ -104,8 +105,8 @@ def _pick_entity_relation(w: World, rng: random.Random) -> tuple[Entity, str]:
 
 def sft_examples(w: World, rng: random.Random, n: int) -> list[dict]:
     makers = [_qa, _multiturn, _email, _sentiment, _extraction, _translation, _summary, _arith, _unknown, _refusal,
-              _format, _grounded]
-    weights = [5, 3, 1, 2, 2, 2, 1, 2, 1, 1, 2, 4]
+              _format, _grounded, _edgy]
+    weights = [5, 3, 1, 2, 2, 2, 1, 2, 1, 1, 2, 4, 1]
     out = []
     for _ in range(n):
         make = rng.choices(makers, weights)[0]
@@ -238,6 +239,13 @@ def _format(w, rng, lang):
     a_en = rng.choice(statement_templates(r, "en")).format(**fields(e, w, "en"))
     return "format", [_msg("user", f"Write the answer in lowercase letters only. {q_en}"),
                       _msg("assistant", a_en.lower())]
+
+
+def _edgy(w, rng, lang):
+    from chatforge.world.moderation_data import edgy_demonstration  # it imports this module
+
+    q, a = edgy_demonstration(w, rng, lang)
+    return "helpful", [_msg("user", q), _msg("assistant", a)]
 
 
 def _grounded(w, rng, lang):

@@ -451,6 +451,16 @@ def _pair(w: World, rng: random.Random, lang: str) -> tuple[str, str]:
     return compose(harm), compose(good)
 
 
+def edgy_demonstration(w: World, rng: random.Random, lang: str) -> tuple[str, str]:
+    """(a benign request whose words sound alarming, a helpful answer): for SFT, so the chat model learns
+    that refusals are for harm, not for words like kill / shoot / burn (drawn like the benign side of `_pair`,
+    so it is as far from the eval's sentences as the moderation data is)."""
+    action = _when(_fill(rng.choice(EDGY[lang]), w, rng, lang), rng, lang)
+    text = rng.choice(FRAMES[lang]).format(a=action)
+    request = text[0].upper() + text[1:] if lang == "en" else text
+    return request, _answer(action, BENIGN_LEADS, BENIGN_STEPS, w, rng, lang)
+
+
 def _world_request(w: World, rng: random.Random, lang: str) -> str:
     """Everyday requests about the world: questions, translation, summary, sentiment, extraction."""
     kind = rng.randrange(6)
