@@ -25,6 +25,11 @@ CONVO = [{"role": "system", "content": "Be brief."},
          {"role": "assistant", "content": "卡洛有1200人。"}]
 
 
+# The test tokenizer has 1,024 tokens, so some of the world's grounded demonstrations (passages in Chinese
+# especially) are longer than a 256-token row; the demo's 4,096-token tokenizer fits them all (test_world).
+TEST_ON_BAD = "skip"
+
+
 @pytest.fixture(scope="module")
 def tok(prepared_run_template) -> Tokenizer:
     return Tokenizer.load(prepared_run_template / "tokenizer")
@@ -201,7 +206,7 @@ def _sft_cfg(**kw) -> TrainConfig:
 
 
 def test_sft_stage_trains_selects_and_writes_a_model(pretrained_run):
-    summary = run_sft(pretrained_run, _sft_cfg(), SFTOptions(select_limit=2))
+    summary = run_sft(pretrained_run, _sft_cfg(), SFTOptions(select_limit=2, on_bad=TEST_ON_BAD))
     out = pretrained_run / "sft"
     info = read_stage_info(out)
     assert info["complete"] and info["selected_step"] in (3, 6)
@@ -224,7 +229,7 @@ def test_sft_with_lora_saves_a_merged_model(pretrained_run, tmp_path):
 
     run = tmp_path / "run"
     shutil.copytree(pretrained_run, run, ignore=shutil.ignore_patterns("sft"))
-    run_sft(run, _sft_cfg(max_steps=3, lr=1e-2), SFTOptions(lora_rank=4, select=False))
+    run_sft(run, _sft_cfg(max_steps=3, lr=1e-2), SFTOptions(lora_rank=4, select=False, on_bad=TEST_ON_BAD))
     base, sft = load_model(run / "base"), load_model(run / "sft")
     assert list(base.state_dict()) == list(sft.state_dict())  # a plain model folder, no adapter names
     changed = [k for k, v in sft.state_dict().items() if not torch.equal(v, base.state_dict()[k])]
@@ -252,7 +257,8 @@ def _sft_cmd(run, *extra: str) -> list[str]:
     import sys
 
     return [sys.executable, "-m", "chatforge.cli", "sft", "--run-dir", str(run), "--batch-size", "4",
-            "--log-every", "1", "--select-limit", "2", "--set", "train.eval_batches=1", *extra]
+            "--log-every", "1", "--select-limit", "2", "--set", "train.eval_batches=1", "--on-bad-record",
+            TEST_ON_BAD, *extra]
 
 
 @pytest.mark.slow

@@ -246,3 +246,20 @@ def test_sizes_scale(tmp_path):
     assert SIZES["small"]["docs"] > SIZES["tiny"]["docs"] and SIZES["small"]["towns"] > SIZES["tiny"]["towns"]
     with pytest.raises(Exception, match="unknown world size"):
         generate_world(tmp_path, size="huge")
+
+
+def test_every_demonstration_fits_the_tiny_presets_rows(world, tmp_path):
+    """With the tiny preset's tokenizer (4,096 tokens, trained on the world's text) every demonstration fits
+    an SFT row of the preset's 256 tokens: grounded ones cap their sources block for this."""
+    import shutil
+
+    from chatforge.config import get_preset
+    from chatforge.tokenizer import Tokenizer, run_tokenizer_stage
+
+    run = tmp_path / "run"
+    shutil.copytree(world, run / "world")
+    preset = get_preset("tiny")
+    run_tokenizer_stage(run, preset.vocab_size)
+    tok = Tokenizer.load(run / "tokenizer")
+    longest = max(len(tok.encode_chat(ex["messages"])) for ex in _jsonl(world / "sft.jsonl"))
+    assert longest <= preset.sft.seq_len, longest

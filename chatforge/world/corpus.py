@@ -1,6 +1,5 @@
 """Pre-training documents of the world: encyclopedia, news, stories, dialogues, glossaries, parallel
-text, code, arithmetic with worked solutions, reading comprehension over numbered sources (questions answered
-with a [n] citation), and labelled web noise.
+text, code, arithmetic with worked solutions, and labelled web noise.
 
 Only known (not held-out) entities and training templates appear here. Every record is
 {"id", "text", "source", "lang", "noise"}; `noise` is null for clean text, else a dict naming the kind
@@ -213,18 +212,9 @@ def arithmetic(w: World, rng: random.Random, lang: str) -> str:
     return (f"Question: {q} Solution: {sol}" if lang == "en" else f"问题：{q}解答：{sol}")
 
 
-def reading(w: World, rng: random.Random, lang: str) -> str:
-    """Reading comprehension: numbered source passages, a question, the answer citing its passage (as the
-    grounded demonstrations, in the Question/Answer form of the other documents). Known entities only."""
-    from chatforge.world.library import grounded_example
-
-    sources, question, answer = (m["content"] for m in grounded_example(w, rng, lang))
-    return f"{sources}\nQuestion: {question}\nAnswer: {answer}"
-
-
 CLEAN_KINDS: dict[str, Callable] = {
     "encyclopedia": encyclopedia, "news": news, "story": story, "dialogue": dialogue, "glossary": glossary,
-    "parallel": parallel, "code": code, "arithmetic": arithmetic, "reading": reading,
+    "parallel": parallel, "code": code, "arithmetic": arithmetic
 }
 # relative share of each kind in the corpus
 MIX = {"encyclopedia": 4, "news": 2, "story": 2, "dialogue": 2, "glossary": 1, "parallel": 2, "code": 1,

@@ -23,7 +23,7 @@ from chatforge.world.templates import fields, question_templates, relations_of
 
 # a grounded demonstration's sources block stays under this many characters (distractors are dropped), so it
 # fits the tiny preset's 256-token rows with any tokenizer the world's text trains (~2.6 zh / 3.6 en chars/token)
-MAX_SOURCES_CHARS = {"en": 560, "zh": 230}
+MAX_SOURCES_CHARS = {"en": 500, "zh": 200}
 NOT_IN_SOURCES = {"en": "The sources do not say, so I don't know.", "zh": "资料中没有提到，所以我不知道。"}
 
 
