@@ -10,7 +10,8 @@ scored by the task's own scorer. A row also reports, measured on the same answer
   citation_precision cited passages that contain the gold answer (over all citations made)
   cited_and_right    answers that are right and cite a passage that contains the answer
 Passages that don't fit the model's context (with room for the answer) are dropped from the end, the
-lowest-ranked first, so a short-context model still sees its best passage whole.
+lowest-ranked first, so a short-context model still sees its best passage whole. `index_world_library`
+adds the world's library to the run's index (the pipeline's eval stage calls it).
 """
 
 from __future__ import annotations

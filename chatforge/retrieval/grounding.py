@@ -3,6 +3,7 @@
     hits = index.search(question, k=3)
     msgs = grounded_messages(messages, hits)        # a system message listing [1] ... [k], then the chat
     cited = citations(answer_text, hits)            # [{"n": 1, "chunk_id", "doc_id", "title"}] for valid [n]
+    ids, used = fit_grounded(tok, messages, hits, budget)   # only the best passages that fit the context
 
 The passages go into a system message ahead of the conversation (after the user's own system message, if
 any), numbered from 1, with the instruction — in the question's language — to answer from them and cite
