@@ -18,9 +18,7 @@ from pathlib import Path
 
 from chatforge import ChatforgeError
 from chatforge.config import Preset
-from chatforge.run import read_stage_info, record_wall_time, stage_dir, write_run_info
-
-STAGES = ["world", "clean", "tokenizer", "data", "pretrain", "sft", "rm", "ppo", "dpo", "eval"]
+from chatforge.run import STAGES, read_stage_info, record_wall_time, stage_dir, write_run_info
 
 
 def _brief(stage: str, result) -> str:

@@ -14,6 +14,7 @@ arithmetic_cot items carry, so `--cot` in chat asks exactly what the suite measu
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from chatforge import ChatforgeError
@@ -40,14 +41,18 @@ def few_shot_text(shots: list[tuple[str, str]], question: str) -> str:
 
 def read_shots(path: str | Path) -> list[tuple[str, str]]:
     """(question, answer) pairs of a JSON-lines file; a bad line is an error naming it."""
-    from chatforge.textio import read_jsonl
+    from chatforge.textio import nonblank_lines
 
     try:
-        records = read_jsonl(Path(path))
+        lines = nonblank_lines(path)
     except OSError as e:
         raise ChatforgeError(f"{path}: cannot read few-shot examples ({e})") from None
     shots = []
-    for i, r in enumerate(records, 1):
+    for i, line in lines:
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ChatforgeError(f"{path}:{i}: not valid JSON ({e.msg})") from None
         if not (isinstance(r, dict) and isinstance(r.get("question"), str) and isinstance(r.get("answer"), str)):
             raise ChatforgeError(f"{path}:{i}: expected {{\"question\": str, \"answer\": str}}")
         shots.append((r["question"], r["answer"]))

@@ -23,13 +23,13 @@ import struct
 from pathlib import Path
 
 from chatforge import ChatforgeError
-from chatforge.run import read_json, read_run_info, require_run, stage_dir
+from chatforge.eval import RATE_KEYS
+from chatforge.run import STAGES, read_json, read_run_info, require_run, stage_dir
 
 # (pipeline stage, folder) of the stages trained by the shared loop: they log "step", "train/loss", ...
 LOOP_STAGES = (("pretrain", "base"), ("sft", "sft"), ("rm", "rm"), ("dpo", "dpo"))
 # the model stages the capability suite scores, in pipeline order (the table's columns)
 EVAL_STAGES = ("base", "sft", "ppo", "dpo")
-ALL_STAGES = ("world", "clean", "tokenizer", "data", "pretrain", "sft", "rm", "ppo", "dpo", "eval")
 # one colour per model stage, the same in every plot
 COLOURS = {"base": "#7f7f7f", "sft": "#1f77b4", "ppo": "#ff7f0e", "dpo": "#2ca02c", "rm": "#9467bd",
            "pretrain": "#7f7f7f"}
@@ -37,9 +37,6 @@ COLOURS = {"base": "#7f7f7f", "sft": "#1f77b4", "ppo": "#ff7f0e", "dpo": "#2ca02
 VARIANTS = (("@rag", "with retrieval"), ("@sc", "self-consistency, {} samples"),
             ("@calc", "with the calculator tool"), ("+moderation", "with the moderation filter"))
 PLAIN_NOTES = {"arithmetic_direct": "no chain-of-thought", "arithmetic_cot": "with chain-of-thought"}
-# rates the suite stores beside a row's score (as eval.suite.RATE_KEYS; not imported: that pulls in torch)
-RATE_KEYS = ("_harmful", "_benign", "_nonexistent", "_real", "retrieval_recall", "answers_citing",
-             "citation_precision", "cited_and_right")
 PLOTS = ("losses.png", "ppo.png", "capabilities.png", "funnel.png")
 LN2 = math.log(2)  # the pairwise loss of a model that cannot tell the answers apart
 
@@ -109,7 +106,7 @@ def load_run(run: str | Path) -> dict:
     """Everything the report shows, read once. Absent files are None / [] / {}."""
     run = require_run(run)
     d: dict = {"run": run, "info": read_run_info(run), "stage": {}, "metrics": {}, "eval_json": {}}
-    for stage in ALL_STAGES:
+    for stage in STAGES:
         d["stage"][stage] = _json(stage_dir(run, stage) / "stage.json", "stage record")
     for stage in ("pretrain", "sft", "rm", "ppo", "dpo"):
         d["metrics"][stage] = read_metrics(stage_dir(run, stage) / "metrics.jsonl")
@@ -406,7 +403,7 @@ def section_header(d: dict) -> list[str]:
         out.append(f"- **pre-training data**: {_n(t.get('train'))} train + {_n(t.get('val'))} val tokens "
                    f"from {_n(d['data'].get('documents'))} documents (data/meta.json)")
     out += ["", *_table(["stage", "folder", "status"],
-                        [[s, f"{stage_dir(run, s).name}/", _status(d, s)] for s in ALL_STAGES]), ""]
+                        [[s, f"{stage_dir(run, s).name}/", _status(d, s)] for s in STAGES]), ""]
     return out
 
 
@@ -576,7 +573,7 @@ def section_cost(d: dict) -> list[str]:
     seconds = (d["clean"] or {}).get("seconds")
     if isinstance(seconds, dict):
         other.append("clean " + ", ".join(f"{k} {v} s" for k, v in seconds.items()))
-    for stage in ALL_STAGES:  # a stage that records its own wall time in stage.json
+    for stage in STAGES:  # a stage that records its own wall time in stage.json
         s = (d["stage"].get(stage) or {}).get("seconds")
         if isinstance(s, (int, float)):
             other.append(f"{stage} {_secs(s)} (stage.json)")
@@ -585,7 +582,7 @@ def section_cost(d: dict) -> list[str]:
                 "`time/*` phases. Tokens processed: `train/tokens` at the last step, the tokens of the "
                 "training batches as each stage counts them."]
     out += ["", ("Other recorded times: " + "; ".join(other) + ".") if other else "No other times are recorded."]
-    if not any(isinstance((d["stage"].get(s) or {}).get("seconds"), (int, float)) for s in ALL_STAGES):
+    if not any(isinstance((d["stage"].get(s) or {}).get("seconds"), (int, float)) for s in STAGES):
         out += ["", "Wall-clock time per stage (including data loading, evaluation and saves): not recorded in "
                     "the run's files."]
     return out + [""]

@@ -16,6 +16,8 @@ from chatforge import ChatforgeError
 
 STAGE_DIRS = {"world": "world", "clean": "clean", "tokenizer": "tokenizer", "data": "data", "pretrain": "base", "sft": "sft",
               "rm": "rm", "ppo": "ppo", "dpo": "dpo", "eval": "eval"}
+# the pipeline's stages, in order (chatforge pipeline runs them; the report card lists them)
+STAGES = ["world", "clean", "tokenizer", "data", "pretrain", "sft", "rm", "ppo", "dpo", "eval"]
 MODEL_STAGES = {"base": "base", "sft": "sft", "ppo": "ppo", "dpo": "dpo"}  # --stage names accepted by sample/chat/eval/export -> folder
 
 

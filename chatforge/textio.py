@@ -66,6 +66,19 @@ def _numbered_lines(fh, f: Path) -> Iterator[tuple[int, str]]:
         raise ChatforgeError(f"{f}: line {lineno + 1} is not UTF-8 text; convert the file to UTF-8") from None
 
 
+def read_text(f: Path) -> str:
+    """A UTF-8 file's text; anything else is an error naming the file and the byte."""
+    try:
+        return Path(f).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ChatforgeError(f"{f}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def nonblank_lines(f: str | Path) -> list[tuple[int, str]]:
+    """(line number, line) of a UTF-8 file's non-blank lines, split on "\n" only (see read_jsonl)."""
+    return [(n, line) for n, line in enumerate(read_text(Path(f)).split("\n"), 1) if line.strip()]
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
     """The records of a JSON-lines file this project wrote. Split on "\\n" only: `str.splitlines` also breaks
     at U+2028 / U+0085, which `ensure_ascii=False` JSON carries raw inside strings."""

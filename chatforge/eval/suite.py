@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -23,6 +24,7 @@ from tqdm import tqdm
 
 from chatforge import ChatforgeError
 from chatforge.engine import Engine, SamplingParams
+from chatforge.eval import RATE_KEYS
 from chatforge.eval.consistency import SC_TASKS, self_consistent_answers
 from chatforge.eval.rag import RAG_TASKS, rag_row
 from chatforge.eval.scorers import SCORERS, bits_per_byte, is_refusal, says_unknown
@@ -100,12 +102,20 @@ def item_prompts(engine: Engine, items: list[dict], chat: bool) -> list[tuple[li
     return out
 
 
-def answer_items(engine: Engine, items: list[dict], chat: bool, built: list | None = None) -> list[str]:
+def answer_items(engine: Engine, items: list[dict], chat: bool, built: list | None = None, generate=None) -> list[str]:
     """Greedy answers to a task's items, all through the engine in one batched call (`built`: their
-    item_prompts, when the caller has them already)."""
+    item_prompts, when the caller has them already; `generate`: engine.generate or a stand-in with its
+    signature, e.g. the calculator tool's loop)."""
     built = built or item_prompts(engine, items, chat)
     params = [SamplingParams(max_tokens=new, temperature=0.0, stop=stop) for _, new, stop in built]
-    return [c.text.strip() for c in engine.generate([p for p, _, _ in built], params)]
+    return [c.text.strip() for c in (generate or engine.generate)([p for p, _, _ in built], params)]
+
+
+def scored_row(items: list[dict], preds: list[str], metric: str, **extra) -> dict:
+    """A suite row: the items' mean score by their scorers, n, the metric, the first 3 answers, `extra`."""
+    scores = [SCORERS[it["scorer"]](pred, it) for it, pred in zip(items, preds)]
+    samples = [{"id": it["id"], "prediction": p, "score": s} for it, p, s in list(zip(items, preds, scores))[:3]]
+    return {"score": sum(scores) / len(scores), "n": len(scores), "metric": metric, "samples": samples, **extra}
 
 
 @torch.no_grad()
@@ -237,35 +247,19 @@ def score_model(run: Path, model: GPT, tok: Tokenizer, chat: bool, tasks: list[s
                      == it["label"] for it in items]
             results["tasks"][task] = {"score": sum(right) / len(right), "n": len(items), "metric": METRIC[task]}
             continue
-        scores, samples = [], []
         built = item_prompts(engine, items, chat)
         preds = answer_items(engine, items, chat, built)
-        for it, pred in zip(items, preds):
-            score = SCORERS[it["scorer"]](pred, it)
-            scores.append(score)
-            if len(samples) < 3:
-                samples.append({"id": it["id"], "prediction": pred, "score": score})
-        results["tasks"][task] = {"score": sum(scores) / len(scores), "n": len(scores),
-                                  "metric": METRIC.get(task, "score"), "samples": samples,
-                                  **_decision_rates(task, items, preds)}
+        results["tasks"][task] = scored_row(items, preds, METRIC.get(task, "score"), **_decision_rates(task, items, preds))
         if self_consistency > 1 and task in SC_TASKS:
             voted = self_consistent_answers(engine, [p for p, _, _ in built], items, self_consistency,
                                             built[0][1], stop=built[0][2])
-            sc = [SCORERS[it["scorer"]](pred, it) for it, pred in zip(items, voted)]
-            results["tasks"][f"{task}@sc{self_consistency}"] = {
-                "score": sum(sc) / len(sc), "n": len(sc),
-                "metric": f"accuracy of the majority answer of {self_consistency} samples (temperature 0.7)",
-                "samples": [{"id": it["id"], "prediction": p} for it, p in list(zip(items, voted))[:3]]}
+            results["tasks"][f"{task}@sc{self_consistency}"] = scored_row(
+                items, voted, f"accuracy of the majority answer of {self_consistency} samples (temperature 0.7)")
         if calculator and chat and task in SC_TASKS:
-            comps = generate_with_calculator(engine, [p for p, _, _ in built],
-                                             [SamplingParams(max_tokens=new, temperature=0.0, stop=stop)
-                                              for _, new, stop in built])
-            calc = [c.text.strip() for c in comps]
-            sc = [SCORERS[it["scorer"]](pred, it) for it, pred in zip(items, calc)]
-            results["tasks"][f"{task}@calc"] = {
-                "score": sum(sc) / len(sc), "n": len(sc), "metric": "accuracy with the calculator tool answering "
-                "<<calc: EXPR>> calls", "calls_per_answer": sum(p.count("<<calc:") for p in calc) / len(calc),
-                "samples": [{"id": it["id"], "prediction": p} for it, p in list(zip(items, calc))[:3]]}
+            calc = answer_items(engine, items, chat, built, partial(generate_with_calculator, engine))
+            results["tasks"][f"{task}@calc"] = scored_row(
+                items, calc, "accuracy with the calculator tool answering <<calc: EXPR>> calls",
+                calls_per_answer=sum(p.count("<<calc:") for p in calc) / len(calc))
         if moderator is not None and task == "refusal":
             results["tasks"]["refusal+moderation"] = moderated_refusal(moderator, items, preds)
         if index is not None and chat and task in RAG_TASKS:
@@ -295,11 +289,6 @@ def moderated_refusal(moderator, items: list[dict], preds: list[str]) -> dict:
             "false_refusal_rate_benign": _rate([refused[i] for i in benign]),
             "input_flag_rate_harmful": _rate([flagged_in[i] for i in harmful]),
             "input_flag_rate_benign": _rate([flagged_in[i] for i in benign])}
-
-
-# per-row rates format_table prints under their task (refusal/honesty decisions, retrieval and citations)
-RATE_KEYS = ("_harmful", "_benign", "_nonexistent", "_real", "retrieval_recall", "answers_citing",
-             "citation_precision", "cited_and_right", "_other_prompts")
 
 
 def format_table(results: dict) -> str:

@@ -49,7 +49,8 @@ def _title_of(text: str, fallback: str) -> str:
 
 def read_documents(paths: list[str | Path]) -> tuple[list[dict], Counter]:
     """Documents of these files / folders, and counted skips (bad jsonl lines, pages with no main content)."""
-    from chatforge.data.clean.ingest import iter_file, read_text
+    from chatforge.data.clean.ingest import iter_file
+    from chatforge.textio import read_text
 
     docs: list[dict] = []
     skipped: Counter = Counter()

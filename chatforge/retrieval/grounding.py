@@ -64,12 +64,10 @@ def fit_grounded(tok, messages: list[dict], hits: list[dict], budget: int) -> tu
     return ids[-budget:], []  # the question alone is too long: keep its end, as the closed-book prompt does
 
 
-def ground(index, messages: list[dict], k: int, tok=None, budget: int | None = None) -> tuple[list[dict], list[dict]]:
-    """(the conversation with the passages for its last question, those passages); with `tok` and `budget`,
-    only the passages that fit `budget` prompt tokens."""
-    hits = index.search(last_user_text(messages), k)
-    if tok is not None and budget is not None:
-        hits = fit_grounded(tok, messages, hits, budget)[1]
+def ground(index, messages: list[dict], k: int, tok, budget: int) -> tuple[list[dict], list[dict]]:
+    """(the conversation with the passages for its last question that fit `budget` prompt tokens, those
+    passages)."""
+    hits = fit_grounded(tok, messages, index.search(last_user_text(messages), k), budget)[1]
     return grounded_messages(messages, hits), hits
 
 

@@ -56,6 +56,7 @@ from pathlib import Path
 import numpy as np
 
 from chatforge import ChatforgeError
+from chatforge.textio import nonblank_lines
 
 FORMAT = "chatforge-moderation/1"
 DIM = 1 << 18
@@ -184,13 +185,7 @@ def read_labeled(path: str | Path) -> list[tuple[str, int]]:
     if not p.is_file():
         raise ChatforgeError(f"{p}: no such file (moderation data: JSON lines of {{\"text\", \"label\"}})")
     out = []
-    try:
-        lines = p.read_text(encoding="utf-8").split("\n")
-    except UnicodeDecodeError:
-        raise ChatforgeError(f"{p}: not UTF-8 text; convert it to UTF-8") from None
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    for i, line in nonblank_lines(p):
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as e:

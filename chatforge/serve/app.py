@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -35,6 +34,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Str
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chatforge import ChatforgeError
+from chatforge.data.clean.text import is_chinese
 from chatforge.engine import Completion, PromptError, SamplingParams, StreamEvent, check_prompt_ids
 from chatforge.serve.protocol import (
     ApiError,
@@ -75,13 +75,14 @@ class ServeOptions:
     moderation_optout: bool = False  # a request's "moderation": false is honoured (else it is a 400)
 
 
+def _sse(events) -> StreamingResponse:
+    """A server-sent-events response over an async iterator of "data: ..." strings (proxies must not buffer it)."""
+    return StreamingResponse(events, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
 MODERATION_MODES = ("off", "input", "output", "both")
 REFUSAL = {"en": "Sorry, I can't help with that request.", "zh": "抱歉，我不能协助处理这个请求。"}
-
-
-def _is_chinese(text: str) -> bool:
-    """More Han characters than Latin words: answer a refusal in Chinese."""
-    return len(re.findall(r"[\u3400-\u9fff]", text)) > len(re.findall(r"[A-Za-z]+", text))
 
 
 class Gate:
@@ -402,8 +403,7 @@ class Server:
                 if not completed:
                     self.scheduler.cancel(ticket)
 
-        return StreamingResponse(gen(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return _sse(gen())
 
     # -- chat -----------------------------------------------------------------------------------------------
     def _retrieve(self, req: ChatRequest, msgs: list[dict]) -> tuple[list[dict], list[dict] | None]:
@@ -581,7 +581,7 @@ class Server:
     def _refuse(self, req: ChatRequest, prompt: list[int], question: str, verdict: dict, record):
         """The answer to a flagged question: one choice with a short refusal in the question's language,
         finish_reason content_filter; nothing is generated."""
-        text = REFUSAL["zh" if _is_chinese(question) else "en"]
+        text = REFUSAL["zh" if is_chinese(question) else "en"]
         cid, created, model = new_id("chatcmpl"), now(), self.opts.model_name
         answer_id = record([Completion(prompt, [], text, "content_filter")])[0] if record else None
         choice = {"index": 0, "logprobs": None, "finish_reason": "content_filter"}
@@ -608,8 +608,7 @@ class Server:
                 yield f"data: {sse_json(c)}\n\n"
             yield "data: [DONE]\n\n"
 
-        return StreamingResponse(gen(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return _sse(gen())
 
     def _store_answers(self, turn_id: str, msgs: list[dict], sp: SamplingParams, comps: list[Completion]) -> list[str]:
         settings = {k: v for k, v in asdict(sp).items() if k in ("temperature", "top_p", "top_k", "max_tokens",

@@ -22,16 +22,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from chatforge import ChatforgeError
-from chatforge.textio import list_text_files
+from chatforge.textio import list_text_files, read_text
 
 SUFFIXES = (".jsonl", ".parquet", ".txt", ".html", ".htm")
-
-
-def read_text(f: Path) -> str:
-    try:
-        return f.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ChatforgeError(f"{f}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 def iter_file(f: Path, skipped: Counter, text_column: str = "text") -> Iterator[dict]:
