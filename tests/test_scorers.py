@@ -299,6 +299,7 @@ def test_corpus_chrf():
     "抱歉，我不能帮你做这件事。",
     "我不能帮助你入侵别人的电脑。",
     "对不起，我无法提供这类信息。",
+    "抱歉，不能帮助你做这件事。",
 ])
 def test_is_refusal_true(text):
     assert is_refusal(text)
@@ -310,6 +311,7 @@ def test_is_refusal_true(text):
     "Of course. " + "Kalo is a lovely town with many bakers. " * 6 + "I'm sorry, but that is all I know.",
     "卡洛是玉河边的一个小镇，以茶叶闻名。",
     "当然可以。这个问题我不能确定是否完整，但答案是7。",
+    "抱歉，不能确定具体年份，大约是1920年。",
     "",
 ])
 def test_is_refusal_false(text):

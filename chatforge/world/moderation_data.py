@@ -17,7 +17,9 @@ written in its own phrasing, not translated word for word. Variety comes from co
   (`chat_data.qa_pair`), translation, summary and sentiment requests; benign answers and refusals.
 
 Framings are shared by both labels, mostly as minimal pairs (one framing, context and time word around a
-harmful and a benign action), so the classifier has to read the action, not the question form.
+harmful and a benign action), so the classifier has to read the action, not the question form. Compliant
+answers come in pairs too (one opening, "Sure, here is how to ...", for a harmful and a benign action): with
+harmful answers alone the output check learnt the opening and flagged garbled harmless answers for it.
 The eval's refusal items (`chat_data.HELDOUT_HARMFUL`, `chat_data.BENIGN_EDGY`) are never used, nor anything
 near them: with entity names masked, a generated text that shares 7 words (8 Han characters) in a row with
 one of their sentences is dropped (so is, a fortiori, a copy or a text sharing the world's decontamination
@@ -252,9 +254,13 @@ HARM_STEPS = {  # harmful answers: what a model that complies might write
            "确保没有目击者。", "提前编好应付警察的说法。", "用现金买毒药，这样查不到你。", "蒙住脸，别让摄像头拍到。",
            "把尸体藏在没人会找的地方。", "用撬棍撬开后窗。"],
 }
-HARM_LEADS = {"en": ["Sure, here is how to {a}.", "Here's a plan to {a}:", "Okay. To {a}, follow these steps.",
-                     "Step by step, this is how you {a}."],
-              "zh": ["好的，下面是{a}的方法。", "这是{a}的计划：", "可以。要{a}，请按以下步骤做。", "一步一步来，这样就能{a}。"]}
+# How a compliant answer opens, shared by harmful and benign answers (and the SFT's helpful answers): the
+# opening says "I comply", not "this is harmful", so only the steps that follow may carry the label — else
+# the output check flags a harmless answer for its "Sure, here is how to".
+LEADS = {"en": ["Sure, here is how to {a}.", "Here's a plan to {a}:", "Okay. To {a}, follow these steps.",
+                "Step by step, this is how you {a}.", "Happy to help you {a}."],
+         "zh": ["好的，下面是{a}的方法。", "这是{a}的计划：", "可以。要{a}，请按以下步骤做。", "一步一步来，这样就能{a}。",
+                "很乐意帮你{a}。"]}
 
 # -- benign actions ---------------------------------------------------------------------------------------------
 EVERYDAY = {
@@ -350,9 +356,6 @@ BENIGN_STEPS = {
     "zh": ["慢慢来，别着急。", "可以请朋友帮忙。", "保持周围干净整洁。", "先看说明书。", "戴上手套保护双手。", "白天做，看得更清楚。",
            "开始前先保存好文件。", "干活时让孩子和宠物离远一点。", "检查结果，需要的话再试一次。"],
 }
-BENIGN_LEADS = {"en": ["Sure, here is how to {a}.", "Here's a plan to {a}:", "Okay. To {a}, follow these steps.",
-                       "Happy to help you {a}."],
-                "zh": ["好的，下面是{a}的方法。", "这是{a}的计划：", "可以。要{a}，请按以下步骤做。", "很乐意帮你{a}。"]}
 MORE_REFUSALS = {"en": ["I won't help with hurting anyone, but I can help you find support if you are in trouble.",
                         "That could put people in danger, so I can't assist. Is there anything else?"],
                  "zh": ["我不会帮助伤害任何人，但如果你遇到困难，我可以帮你寻找支持。", "这可能会让别人陷入危险，所以我不能协助。还有别的事吗？"]}
@@ -381,9 +384,17 @@ def _when(action: str, rng: random.Random, lang: str, when: str | None = None) -
     return action + when if lang == "en" else when + action
 
 
-def _answer(action: str, leads: dict, steps: dict, w: World, rng: random.Random, lang: str) -> str:
+def _answer(action: str, steps: dict, w: World, rng: random.Random, lang: str, lead: str | None = None) -> str:
     picked = [_fill(s, w, rng, lang) for s in rng.sample(steps[lang], rng.randint(1, 3))]
-    return join([rng.choice(leads[lang]).format(a=action), *picked], lang)
+    return join([(lead or rng.choice(LEADS[lang])).format(a=action), *picked], lang)
+
+
+def _answer_pair(w: World, rng: random.Random, lang: str) -> tuple[str, str]:
+    """(a compliant answer to a harmful request, one to a benign request) with the same opening and time word."""
+    lead, when = rng.choice(LEADS[lang]), rng.choice(EN_WHEN if lang == "en" else ZH_WHEN)
+    harm = _when(_fill(rng.choice(HARM[rng.choice(sorted(HARM))][lang]), w, rng, lang), rng, lang, when)
+    good = _when(_fill(rng.choice(rng.choice([EVERYDAY, EDGY, EDGY])[lang]), w, rng, lang), rng, lang, when)
+    return _answer(harm, HARM_STEPS, w, rng, lang, lead), _answer(good, BENIGN_STEPS, w, rng, lang, lead)
 
 
 def _grid_action(w: World, rng: random.Random, lang: str) -> str:
@@ -397,13 +408,9 @@ def _grid_action(w: World, rng: random.Random, lang: str) -> str:
 
 
 def _unframed_harmful(w: World, rng: random.Random, lang: str) -> str:
-    kind = rng.random()
-    if kind < 0.35:
+    if rng.random() < 0.58:
         return _fill(rng.choice(HARM_WRITING[lang]), w, rng, lang)
-    if kind < 0.6:
-        return _fill(rng.choice(HARM_QUESTIONS[lang]), w, rng, lang)
-    pool = HARM[rng.choice(sorted(HARM))][lang]  # an answer that complies
-    return _answer(_when(_fill(rng.choice(pool), w, rng, lang), rng, lang), HARM_LEADS, HARM_STEPS, w, rng, lang)
+    return _fill(rng.choice(HARM_QUESTIONS[lang]), w, rng, lang)
 
 
 def _unframed_benign(w: World, rng: random.Random, lang: str) -> str:
@@ -412,14 +419,10 @@ def _unframed_benign(w: World, rng: random.Random, lang: str) -> str:
         return _world_request(w, rng, lang)
     if kind < 0.75:
         return _fill(rng.choice(BENIGN_WRITING[lang]), w, rng, lang)
-    sub = rng.randrange(3)  # answers: world statements, helpful steps, refusals (output moderation must pass them)
-    if sub == 0:
+    # answers the output check must pass: world statements and refusals (helpful steps come in _answer_pair)
+    if rng.random() < 0.5:
         e = rng.choice(w.all())
         return join(entity_sentences(w, e, lang, rng)[:rng.randint(1, 3)], lang)
-    if sub == 1:
-        pool = rng.choice([EVERYDAY, EDGY, EDGY])[lang]
-        return _answer(_when(_fill(rng.choice(pool), w, rng, lang), rng, lang), BENIGN_LEADS, BENIGN_STEPS, w,
-                       rng, lang)
     return rng.choice(REFUSALS[lang] + MORE_REFUSALS[lang])
 
 
@@ -427,6 +430,8 @@ def _pair(w: World, rng: random.Random, lang: str) -> tuple[str, str]:
     """(a harmful text, a benign text). Two times in three a minimal pair: one request framing, context
     sentence and time word around a harmful and a benign action, so the framing carries no label."""
     if rng.random() < 0.34:
+        if rng.random() < 0.4:  # compliant answers, as the output check sees them
+            return _answer_pair(w, rng, lang)
         return _unframed_harmful(w, rng, lang), _unframed_benign(w, rng, lang)
     if lang == "en" and rng.random() < 0.15:
         frames, slot = GERUND_FRAMES, "g"
@@ -458,7 +463,7 @@ def edgy_demonstration(w: World, rng: random.Random, lang: str) -> tuple[str, st
     action = _when(_fill(rng.choice(EDGY[lang]), w, rng, lang), rng, lang)
     text = rng.choice(FRAMES[lang]).format(a=action)
     request = text[0].upper() + text[1:] if lang == "en" else text
-    return request, _answer(action, BENIGN_LEADS, BENIGN_STEPS, w, rng, lang)
+    return request, _answer(action, BENIGN_STEPS, w, rng, lang)
 
 
 def _world_request(w: World, rng: random.Random, lang: str) -> str:
