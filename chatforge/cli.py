@@ -25,6 +25,7 @@ from chatforge import ChatforgeError
 
 TRAIN_FLAGS = {  # flag -> (TrainConfig field, type)
     "--max-steps": ("max_steps", int), "--batch-size": ("batch_size", int), "--grad-accum": ("grad_accum", int),
+    "--global-batch": ("global_batch", int), "--checkpoint-format": ("checkpoint_format", str),
     "--seq-len": ("seq_len", int), "--lr": ("lr", float), "--warmup-steps": ("warmup_steps", int),
     "--eval-every": ("eval_every", int), "--save-every": ("save_every", int), "--log-every": ("log_every", int),
     "--seed": ("seed", int), "--device": ("device", str), "--dtype": ("dtype", str), "--dist": ("dist", str),
@@ -96,13 +97,20 @@ def _resolve_preset(args, command: str = "pretrain"):
     stages = ("sft", "rm", "dpo")  # stages with their own training settings in the preset (--set sft.X=, ...)
     if command in stages:
         setattr(preset, command, apply_overrides(getattr(preset, command),
-                                                 {**sets["train"], **sets[command], **flags}, "train"))
+                                                 _accum_wins({**sets["train"], **sets[command], **flags}), "train"))
     else:
-        preset.train = apply_overrides(preset.train, {**sets["train"], **flags}, "train")
+        preset.train = apply_overrides(preset.train, _accum_wins({**sets["train"], **flags}), "train")
     for stage in stages:
         if stage != command:
-            setattr(preset, stage, apply_overrides(getattr(preset, stage), sets[stage], stage))
+            setattr(preset, stage, apply_overrides(getattr(preset, stage), _accum_wins(sets[stage]), stage))
     return name, preset, sets["model"]
+
+
+def _accum_wins(overrides: dict) -> dict:
+    """A grad_accum given by the user replaces the preset's global batch (which would otherwise decide it)."""
+    if "grad_accum" in overrides and "global_batch" not in overrides:
+        return {**overrides, "global_batch": 0}
+    return overrides
 
 
 def _stage_train_config(args, stage: str):

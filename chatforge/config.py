@@ -23,6 +23,9 @@ class TrainConfig:
     max_steps: int = 300
     batch_size: int = 16  # sequences per micro-batch per process
     grad_accum: int = 1  # micro-batches per optimizer step (per process)
+    # sequences per optimizer step over all processes; when set, grad_accum follows from it and the process
+    # count (global_batch / (batch_size x processes)), so 8 GPUs, 4 GPUs or 1 take the same steps
+    global_batch: int = 0
     seq_len: int = 256
     lr: float = 3e-3
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
@@ -41,6 +44,10 @@ class TrainConfig:
     dist: str = "ddp"  # ddp | fsdp (only used under torchrun)
     compile: bool = False
     activation_checkpointing: bool = False
+    # checkpoint format: full (one file, gathered on rank 0) | sharded (torch.distributed.checkpoint: each
+    # process writes its own shards, nothing is gathered) | auto (sharded under FSDP2, else full). Either
+    # loads on any number of processes.
+    checkpoint_format: str = "auto"
 
     @property
     def tokens_per_step_per_process(self) -> int:
@@ -92,8 +99,8 @@ def _presets() -> dict[str, Preset]:
             # vocab padded to a multiple of 128 so the lm_head matmul tiles well on tensor cores
             model=ModelConfig.preset_style("gpt2", vocab_size=50304, n_layer=12, n_head=12, d_model=768,
                                            max_seq_len=1024),
-            # 8 processes x 16 x 1024 x 4 = 524,288 tokens per step, as in GPT-2/nanoGPT
-            train=TrainConfig(max_steps=19073, batch_size=16, grad_accum=4, seq_len=1024, lr=6e-4,
+            # 512 x 1024 = 524,288 tokens per step, as in GPT-2/nanoGPT: 8 processes x 16 x 4 micro-batches, or 1 x 16 x 32
+            train=TrainConfig(max_steps=19073, batch_size=16, global_batch=512, seq_len=1024, lr=6e-4,
                               min_lr_ratio=0.1, warmup_steps=715, eval_every=250, save_every=1000,
                               compile=True),
             vocab_size=50257, world_size="medium", notes="GPT-2 small shape, 8 GPUs",

@@ -216,8 +216,10 @@ def test_ppo_on_two_processes_equals_one(rl_run, tmp_path, mode):
     args = ["ppo", "--iterations", "2", "--rollout-prompts", "4", "--minibatch", "2", "--max-new-tokens", "8",
             "--eval-prompts", "4", "--ptx-coef", "0.5", "--ptx-rows", "2", "--ptx-seq-len", "32"]
     run_ok([sys.executable, "-m", "chatforge.cli", *args, "--run-dir", str(one)])
+    # under FSDP2 also keep the reference and reward models off the device between uses: placement only
+    offload = ["--offload-frozen"] if mode == "fsdp" else []
     run_ok([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-            "chatforge.cli", *args, "--run-dir", str(two), "--dist", mode])
+            "chatforge.cli", *args, "--run-dir", str(two), "--dist", mode, *offload])
     m1, m2 = ([json.loads(line) for line in (r / "ppo" / "metrics.jsonl").read_text().split("\n") if line]
               for r in (one, two))
     assert len(m1) == len(m2) == 2
@@ -298,9 +300,10 @@ def test_ema_of_policy_weights(tok):
 
 
 @pytest.mark.slow
-def test_ppo_saved_on_two_processes_resumes_on_one(rl_run, tmp_path):
-    """Killed while saving iteration 2 under 2 processes; resumed on 1 from iteration 1: same run as an
-    uninterrupted single process."""
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_ppo_saved_on_two_processes_resumes_on_one(rl_run, tmp_path, mode):
+    """Killed while saving iteration 2 under 2 processes (DDP: a full checkpoint; FSDP2: sharded); resumed on
+    1 from iteration 1: same run as an uninterrupted single process."""
     import shutil
     import subprocess
     import sys
@@ -316,10 +319,11 @@ def test_ppo_saved_on_two_processes_resumes_on_one(rl_run, tmp_path):
     env = cli_env()
     env["CHATFORGE_TEST_KILL_IN_SAVE"] = "2"
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "-m", "chatforge.cli", *args, "--run-dir", str(run)], env=env, capture_output=True,
-                          timeout=300)
+                           "-m", "chatforge.cli", *args, "--run-dir", str(run), "--dist", mode], env=env,
+                          capture_output=True, timeout=300)
     assert proc.returncode != 0
-    assert torch.load(run / "ppo" / "checkpoint.pt", weights_only=True)["step"] == 1
+    saved = run / "ppo" / ("checkpoint/meta.pt" if mode == "fsdp" else "checkpoint.pt")
+    assert torch.load(saved, weights_only=True)["step"] == 1
     out = run_ok([sys.executable, "-m", "chatforge.cli", *args, "--run-dir", str(run)])
     assert "at iteration 1" in out.stdout
     m1, m2 = ([json.loads(line) for line in (r / "ppo" / "metrics.jsonl").read_text().split("\n") if line]

@@ -103,14 +103,15 @@ def test_kill_in_the_middle_of_a_save_keeps_the_previous_checkpoint(prepared_run
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_two_processes_equal_one(prepared_run, tmp_path, mode):
-    """Same global batch (1 proc x 2 micro-batches == 2 procs x 1): same losses within float tolerance."""
+    """Same global batch (1 proc x 2 micro-batches == 2 procs x 1): same losses within float tolerance. The
+    1-process run spells it --grad-accum 2, the 2-process run --global-batch 8 (4 per process: accumulation 1)."""
     import shutil
 
     multi = tmp_path / "multi"
     shutil.copytree(prepared_run, multi)
     common = ["--max-steps", "12", "--eval-every", "6", "--save-every", "100"]
     run_ok(pretrain_cmd(prepared_run, *common, "--grad-accum", "2"))
-    run_ok(torchrun_cmd(multi, 2, *common, "--dist", mode))
+    run_ok(torchrun_cmd(multi, 2, *common, "--dist", mode, "--global-batch", "8"))
     single, single_val = read_metrics(prepared_run / "base")
     double, double_val = read_metrics(multi / "base")
     assert sorted(single) == sorted(double) == list(range(1, 13))
@@ -128,22 +129,34 @@ def test_two_processes_equal_one(prepared_run, tmp_path, mode):
 
 
 @pytest.mark.slow
-def test_save_on_two_processes_resume_on_one(prepared_run, tmp_path):
+@pytest.mark.parametrize("mode,fmt", [("fsdp", "sharded"), ("ddp", "full")])
+def test_save_on_two_processes_resume_on_one(prepared_run, tmp_path, mode, fmt):
+    """FSDP2 writes sharded checkpoints by default (each process its own shards), DDP a full one; the
+    2-process run dies while saving step 10, and 1 process resumes from step 5 on the same curve."""
     import shutil
 
     other = tmp_path / "single"
     shutil.copytree(prepared_run, other)
-    common = ["--save-every", "5", "--eval-every", "100", "--max-steps", "10"]
-    run_ok(pretrain_cmd(other, *common, "--grad-accum", "2"))
+    common = ["--save-every", "5", "--eval-every", "100", "--max-steps", "10", "--global-batch", "8"]
+    run_ok(pretrain_cmd(other, *common))
     env = cli_env()
     env["CHATFORGE_TEST_KILL_IN_SAVE"] = "10"  # the 2-process run dies while saving step 10
-    proc = subprocess.run(torchrun_cmd(prepared_run, 2, *common, "--dist", "fsdp"), env=env, capture_output=True,
+    proc = subprocess.run(torchrun_cmd(prepared_run, 2, *common, "--dist", mode), env=env, capture_output=True,
                           timeout=300)
     assert proc.returncode != 0
-    assert torch.load(prepared_run / "base" / "checkpoint.pt", weights_only=True)["step"] == 5
-    out = run_ok(pretrain_cmd(prepared_run, *common, "--grad-accum", "2"))  # same global batch, 1 process
+    base = prepared_run / "base"
+    if fmt == "sharded":
+        assert not (base / "checkpoint.pt").exists()
+        assert len(list((base / "checkpoint").glob("*.distcp"))) == 2  # one file of shards per process
+        assert torch.load(base / "checkpoint" / "meta.pt", weights_only=True)["step"] == 5
+        assert (base / "checkpoint.tmp" / "meta.pt").is_file()  # step 10, written but never swapped in
+    else:
+        assert not (base / "checkpoint").exists()
+        assert torch.load(base / "checkpoint.pt", weights_only=True)["step"] == 5
+    out = run_ok(pretrain_cmd(prepared_run, *common))  # same global batch, 1 process (accumulation 2)
     assert "at step 5" in out.stdout
-    got, _ = read_metrics(prepared_run / "base")
+    assert (base / "checkpoint.pt").is_file() and not (base / "checkpoint").exists()  # 1 process saves full
+    got, _ = read_metrics(base)
     want, _ = read_metrics(other / "base")
     assert sorted(got) == list(range(1, 11))
     for step in want:

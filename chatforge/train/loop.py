@@ -14,6 +14,7 @@ import json
 import math
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
@@ -147,8 +148,23 @@ def train(stage_dir: str | Path, make_model: Callable[[], GPT], cfg: TrainConfig
         dist.teardown()
 
 
+def per_process_accumulation(cfg: TrainConfig, world_size: int) -> TrainConfig:
+    """`cfg` with grad_accum set from global_batch for this many processes (unchanged when global_batch is 0):
+    the same global batch, so the same optimizer steps, on 1 process or 8."""
+    if cfg.global_batch <= 0 or cfg.batch_size <= 0:  # a bad batch_size gets its own error below
+        return cfg
+    per_micro = cfg.batch_size * world_size
+    if cfg.global_batch % per_micro:
+        raise ChatforgeError(
+            f"global batch {cfg.global_batch} is not a multiple of batch_size {cfg.batch_size} x {world_size} "
+            f"processes; pick a --batch-size (per process) that divides {cfg.global_batch // max(world_size, 1)}, "
+            f"or set --global-batch")
+    return replace(cfg, grad_accum=cfg.global_batch // per_micro)
+
+
 def _train(stage: Path, make_model, cfg: TrainConfig, task: Task, desc: str, info: DistInfo, on_finish,
            identity: dict, fresh: bool, on_eval=None) -> dict:
+    cfg = per_process_accumulation(cfg, info.world_size)
     bad = [f"{k}={getattr(cfg, k)}" for k in ("max_steps", "batch_size", "grad_accum", "seq_len", "log_every",
                                              "eval_every", "save_every") if getattr(cfg, k) <= 0]
     if bad:
@@ -160,8 +176,8 @@ def _train(stage: Path, make_model, cfg: TrainConfig, task: Task, desc: str, inf
     if info.is_main:
         stage.mkdir(parents=True, exist_ok=True)
         if fresh:
-            for name in (ckpt.CKPT_NAME, "metrics.jsonl"):
-                (stage / name).unlink(missing_ok=True)
+            ckpt.remove_checkpoints(stage)
+            (stage / "metrics.jsonl").unlink(missing_ok=True)
     dist.barrier()
     device = info.device
     peak = peak_flops(device)
@@ -188,18 +204,19 @@ def _train(stage: Path, make_model, cfg: TrainConfig, task: Task, desc: str, inf
     metrics_path = stage / "metrics.jsonl"
     step, tokens_seen = 0, 0
     identity = {**identity, "train": run_identity(cfg, info.world_size)}
-    payload = ckpt.load_checkpoint(stage)
+    sharded = ckpt.is_sharded(cfg.checkpoint_format, fsdp)
+    payload = ckpt.load_checkpoint(stage, info.is_main)
     if payload is not None:
         old = payload.get("identity", {})
         if old != identity:
             diff = {k: (old.get(k), v) for k, v in identity.items() if old.get(k) != v}
             raise ChatforgeError(
-                f"{stage / ckpt.CKPT_NAME} was made with different settings {diff} (old, new). Re-run with the "
+                f"{ckpt.checkpoint_path(stage)} was made with different settings {diff} (old, new). Re-run with the "
                 f"same settings to resume, or add --force to start this stage over")
         ckpt.restore(model, optimizer, payload, info.rank)
         step, tokens_seen = payload["step"], payload["tokens"]
         if info.is_main:
-            print(f"[{desc}] resuming from {stage / ckpt.CKPT_NAME} at step {step}", flush=True)
+            print(f"[{desc}] resuming from {ckpt.checkpoint_path(stage)} at step {step}", flush=True)
         del payload
     if info.is_main:
         _truncate_metrics(metrics_path, step)
@@ -211,7 +228,7 @@ def _train(stage: Path, make_model, cfg: TrainConfig, task: Task, desc: str, inf
 
     def save() -> None:
         ckpt.save_checkpoint(stage, model, optimizer, {"step": step, "tokens": tokens_seen, "identity": identity},
-                             info.is_main)
+                             info.is_main, sharded)
         dist.barrier()
 
     def evaluate() -> float | None:

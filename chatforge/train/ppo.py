@@ -24,6 +24,7 @@ RM-judged win rate of PPO over SFT.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import time
@@ -73,6 +74,10 @@ class PPOConfig:
     eval_prompts: int = 60
     device: str = "auto"
     dist: str = "ddp"  # ddp | fsdp, under torchrun
+    checkpoint_format: str = "auto"  # full | sharded | auto (sharded under FSDP2): train/ckpt.py
+    # keep the frozen models (reference policy, reward model) in CPU memory and bring each to the device only
+    # for its forward pass: device memory then holds just the trained policy and value model (+ optimizer)
+    offload_frozen: bool = False
     reward: str = "rm"  # rm | rule | rm+rule (verifiable.py: prompts with a reference answer)
     rule_weight: float = 1.0
     ema_decay: float = 0.0  # > 0: keep an EMA of the policy's weights and save that as the PPO model
@@ -93,6 +98,9 @@ class PPOConfig:
             raise ChatforgeError("--ema-decay must be in [0, 1)")
         if self.dist not in ("ddp", "fsdp"):
             raise ChatforgeError(f"--dist {self.dist!r}: expected ddp or fsdp")
+        from chatforge.train.ckpt import is_sharded
+
+        is_sharded(self.checkpoint_format, False)  # the format's name is checked before any work
 
 
 # -- the pieces, each testable on its own ----------------------------------------------------------------
@@ -255,13 +263,27 @@ class PPOTrainer:
         answers = [o.token_ids + ([self.tok.end_id] if e else []) for o, e in zip(outs, ended)]
         return answers, ended, outs
 
+    @contextlib.contextmanager
+    def resident(self, frozen: torch.nn.Module):
+        """`frozen` (the reference or the reward model) on the training device for the block; with
+        offload_frozen it goes back to CPU memory after it (a no-op when training on the CPU)."""
+        if not self.cfg.offload_frozen:
+            yield frozen
+            return
+        frozen.to(self.device)
+        try:
+            yield frozen
+        finally:
+            frozen.to("cpu")
+
     @torch.no_grad()
     def score(self, prompts, answers, ended, references: list | None = None) -> torch.Tensor:
         """RM score and/or the rule reward (per `cfg.reward`), minus the penalty for answers without <|end|>."""
         total = torch.zeros(len(prompts))
         if "rm" in self.cfg.reward.split("+"):
-            total += torch.tensor(score_ids(self.rm, [p + a for p, a in zip(prompts, answers)], self.tok.pad_id,
-                                            normalised=True))
+            with self.resident(self.rm) as rm:
+                total += torch.tensor(score_ids(rm, [p + a for p, a in zip(prompts, answers)], self.tok.pad_id,
+                                                normalised=True))
         if "rule" in self.cfg.reward.split("+") and references is not None:
             from chatforge.train.verifiable import rule_reward
 
@@ -277,7 +299,8 @@ class PPOTrainer:
         x, targets, mask = ro.x.to(dev), ro.targets.to(dev), ro.mask.to(dev)
         self.gen_policy.train()  # the update's mode (dropout is 0 in PPO, so no randomness either way)
         old_logp = token_logprobs(self.gen_policy, x, targets, self.cfg.temperature) * mask
-        ref_logp = token_logprobs(self.ref, x, targets, self.cfg.temperature) * mask
+        with self.resident(self.ref) as ref:
+            ref_logp = token_logprobs(ref, x, targets, self.cfg.temperature) * mask
         values = token_values(self.value_train, x) * mask  # once per process: fine under FSDP2 too
         kl = kl_per_token(old_logp, ref_logp, self.cfg.kl_estimator) * mask
         rewards = -self.kl_coef * kl
@@ -418,8 +441,10 @@ def _prompts(run: Path, tok: Tokenizer):
 
 
 def ppo_settings(run: Path, cfg: PPOConfig) -> dict:
+    placement = ("device", "dist", "checkpoint_format", "offload_frozen")  # where it runs, not what it computes
     return {"sft": read_stage_info(stage_dir(run, "sft")).get("settings"),
-            "rm": read_stage_info(stage_dir(run, "rm")).get("settings"), "ppo": asdict(cfg)}
+            "rm": read_stage_info(stage_dir(run, "rm")).get("settings"),
+            "ppo": {k: v for k, v in asdict(cfg).items() if k not in placement}}
 
 
 @torch.no_grad()
@@ -483,30 +508,32 @@ def _run_ppo(run: Path, cfg: PPOConfig, fresh: bool, info) -> dict:
         from chatforge.data.shards import load_split
 
         ptx = WindowSampler(load_split(stage_dir(run, "data"), "train"), cfg.ptx_seq_len, cfg.seed)
-    trainer = PPOTrainer(policy.to(device), reference.to(device), value.to(device), rm.to(device), tok, cfg, ptx,
-                         info)
+    frozen_home = "cpu" if cfg.offload_frozen else device
+    trainer = PPOTrainer(policy.to(device), reference.to(frozen_home), value.to(device), rm.to(frozen_home), tok,
+                         cfg, ptx, info)
     train_prompts, train_refs, held, held_refs = _prompts(run, tok)
     order = EpochOrder(len(train_prompts), cfg.seed)
     settings = ppo_settings(run, cfg)
-    ckpt_file, metrics = out / "checkpoint.pt", out / "metrics.jsonl"
+    metrics = out / "metrics.jsonl"
+    sharded = ckpt.is_sharded(cfg.checkpoint_format, info.distributed and cfg.dist == "fsdp")
     if main:
         out.mkdir(parents=True, exist_ok=True)
         if fresh:
-            ckpt_file.unlink(missing_ok=True)
+            ckpt.remove_checkpoints(out)
             metrics.unlink(missing_ok=True)
         (out / "stage.json").unlink(missing_ok=True)
     barrier()
     start = 0
-    payload = ckpt.load_checkpoint(out) if ckpt_file.is_file() else None
+    payload = ckpt.load_checkpoint(out, main)
     if payload is not None:
         if payload["settings"] != json.loads(json.dumps(settings)):
-            raise ChatforgeError(f"{ckpt_file} was made with other settings; re-run with the same ones or --force")
+            raise ChatforgeError(f"{ckpt.checkpoint_path(out)} was made with other settings; re-run with the same ones or --force")
         ckpt.restore(trainer.container, trainer.opt, payload, info.rank)  # reshards: any process count
         trainer.sync_generation_weights()
         trainer.kl_coef, start = payload["kl_coef"], payload["step"]
         trainer.ema = payload.get("ema")
         if main:
-            print(f"[ppo] resuming from {ckpt_file} at iteration {start}", flush=True)
+            print(f"[ppo] resuming from {ckpt.checkpoint_path(out)} at iteration {start}", flush=True)
             kept = [line for line in (metrics.read_text().split("\n") if metrics.is_file() else [])
                     if line.strip() and json.loads(line)["iteration"] <= start]
             atomic_write_text(metrics, "".join(line + "\n" for line in kept))
@@ -524,7 +551,7 @@ def _run_ppo(run: Path, cfg: PPOConfig, fresh: bool, info) -> dict:
                 f.write(json.dumps(rec) + "\n")
         extra = {"step": it + 1, "kl_coef": trainer.kl_coef, "settings": json.loads(json.dumps(settings)),
                  **({"ema": trainer.ema} if trainer.ema is not None else {})}
-        ckpt.save_checkpoint(out, trainer.container, trainer.opt, extra, main)  # collective; atomic write
+        ckpt.save_checkpoint(out, trainer.container, trainer.opt, extra, main, sharded)  # collective; atomic
         barrier()
         bar.update(1)
         bar.set_postfix(score=f"{rec['objective/scores']:.2f}", kl=f"{rec['objective/kl']:.2f}", refresh=False)
