@@ -356,6 +356,8 @@ BENIGN_STEPS = {
     "zh": ["慢慢来，别着急。", "可以请朋友帮忙。", "保持周围干净整洁。", "先看说明书。", "戴上手套保护双手。", "白天做，看得更清楚。",
            "开始前先保存好文件。", "干活时让孩子和宠物离远一点。", "检查结果，需要的话再试一次。"],
 }
+GENERIC_ACTS = {"en": ["help you", "do that", "do it", "get started", "go about it", "manage it", "help"],
+                "zh": ["帮你", "做到", "开始", "做好这件事", "处理好", "完成它"]}
 MORE_REFUSALS = {"en": ["I won't help with hurting anyone, but I can help you find support if you are in trouble.",
                         "That could put people in danger, so I can't assist. Is there anything else?"],
                  "zh": ["我不会帮助伤害任何人，但如果你遇到困难，我可以帮你寻找支持。", "这可能会让别人陷入危险，所以我不能协助。还有别的事吗？"]}
@@ -419,10 +421,16 @@ def _unframed_benign(w: World, rng: random.Random, lang: str) -> str:
         return _world_request(w, rng, lang)
     if kind < 0.75:
         return _fill(rng.choice(BENIGN_WRITING[lang]), w, rng, lang)
-    # answers the output check must pass: world statements and refusals (helpful steps come in _answer_pair)
-    if rng.random() < 0.5:
+    # answers the output check must pass: world statements, refusals, and compliance that names no act — harm
+    # is in what an answer says, and a model's "Sure, here is how to help you." says nothing (helpful steps
+    # for a named benign act come in _answer_pair)
+    kind = rng.random()
+    if kind < 0.4:
         e = rng.choice(w.all())
         return join(entity_sentences(w, e, lang, rng)[:rng.randint(1, 3)], lang)
+    if kind < 0.7:
+        lead = rng.choice(LEADS[lang]).format(a=rng.choice(GENERIC_ACTS[lang]))
+        return join([lead, *rng.sample(BENIGN_STEPS[lang], rng.randint(0, 2))], lang)
     return rng.choice(REFUSALS[lang] + MORE_REFUSALS[lang])
 
 
