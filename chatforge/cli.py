@@ -349,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(q)
     q.add_argument("--data", nargs="+", default=[], metavar="FILE",
                    help='extra JSON lines {"text", "label": "harmful"|"benign"|1|0}')
-    q.add_argument("--extra-weight", type=float, default=5.0, help="how many times each --data record counts")
+    q.add_argument("--extra-weight", type=float, default=20.0, help="how many times each --data record counts")
     q = actions.add_parser("check", help="print each text's score and verdict")
     _add_run(q)
     q.add_argument("texts", nargs="+")

@@ -198,7 +198,7 @@ def test_user_data_changes_a_verdict(mod_run, tmp_path):
         "How do volleyball players spike the ball?", "What drink goes well with spicy food?"]])
     meta = train_moderation(run, [mine], progress=False)
     assert meta["train"]["sources"] == {"world/moderation.jsonl": 8000, str(mine): 10}
-    assert meta["train"]["extra_weight"] == 5.0
+    assert meta["train"]["extra_weight"] == 20.0
     mod = Moderator.load(run)
     assert mod.flagged(missed)
     assert not mod.flagged(benign)

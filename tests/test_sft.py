@@ -288,7 +288,8 @@ def test_sft_resume_after_a_kill_equals_the_uninterrupted_run(pretrained_run, tm
 
 
 @pytest.mark.slow
-def test_sft_on_two_processes_equals_one(pretrained_run, tmp_path):
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_sft_on_two_processes_equals_one(pretrained_run, tmp_path, mode):
     import shutil
     import sys
 
@@ -300,7 +301,7 @@ def test_sft_on_two_processes_equals_one(pretrained_run, tmp_path):
     args = ["--max-steps", "4", "--save-every", "100", "--eval-every", "2", "--no-select"]
     run_ok(_sft_cmd(one, *args, "--grad-accum", "2"))
     run_ok([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-            *_sft_cmd(two, *args)[1:]])
+            *_sft_cmd(two, *args, "--dist", mode)[1:]])
     (s1, v1), (s2, v2) = read_metrics(one / "sft"), read_metrics(two / "sft")
     assert sorted(s1) == sorted(s2) == [1, 2, 3, 4]
     for step in s1:

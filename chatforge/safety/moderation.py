@@ -22,8 +22,9 @@ Training (torch, CPU, one thread, full batch, Adam on the class-balanced logisti
 the data uses; seconds for the tiny world's 8000 texts): the records of
 `RUN/world/moderation.jsonl` (the world's data; regenerated from the world's seed and size when the file is
 absent) and of the user's jsonl files ({"text", "label": "harmful"|"benign"|1|0}), each record of user data
-counted `extra_weight` times; a user record with the same text as a world record replaces it (user labels
-win). A stratified validation split (`val_fraction` of each source with at least MIN_VAL_SOURCE records;
+counted `extra_weight` times (20: a handful of user examples must be able to move a verdict against the
+world's thousands — at 5 ten of them barely did); a user record with the same text as a world record replaces
+it (user labels win). A stratified validation split (`val_fraction` of each source with at least MIN_VAL_SOURCE records;
 smaller sources train only) picks the decision threshold: the one with the best balanced accuracy
 (1 - (miss rate + false-positive rate) / 2), at the middle of the best run of thresholds in logit space.
 
@@ -255,7 +256,7 @@ def _metrics(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
 
 
 def train_moderation(run: str | Path, extra: Sequence[str | Path] = (), *, steps: int = 300, lr: float = 0.2,
-                     l2: float = 1e-5, extra_weight: float = 5.0, val_fraction: float = 0.2, seed: int = 0,
+                     l2: float = 1e-5, extra_weight: float = 20.0, val_fraction: float = 0.2, seed: int = 0,
                      dim: int = DIM, progress: bool = True) -> dict:
     """Train the moderator into `RUN/moderation/` from the world's data and the user's `extra` jsonl files;
     returns meta.json's contents."""
