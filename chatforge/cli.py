@@ -338,10 +338,16 @@ def build_parser() -> argparse.ArgumentParser:
         q = actions.add_parser(name)
         _add_run(q)
         if what:
-            q.add_argument("items", nargs="+", help=what)
+            q.add_argument("items", nargs="*" if name == "add" else "+", help=what)
     actions.choices["search"].add_argument("-k", type=int, default=3, help="passages to return")
     actions.choices["add"].add_argument("--max-chars", type=int, default=600,
                                         help="passage length in characters (a new index only)")
+    actions.choices["add"].add_argument("--embedder", default=None, metavar="FOLDER|none",
+                                        help="a local HF encoder folder for dense retrieval (remembered); none: BM25 only")
+    actions.choices["add"].add_argument("--pooling", choices=["mean", "cls"], default="mean",
+                                        help="with --embedder: mean of the token states, or the first token's (BGE)")
+    actions.choices["add"].add_argument("--query-prefix", default="", help="with --embedder: e.g. 'query: ' for E5")
+    actions.choices["add"].add_argument("--passage-prefix", default="", help="with --embedder: e.g. 'passage: '")
 
     p = sub.add_parser("moderation", help="the safety classifier: `train` it (world data + your jsonl), `check` texts")
     actions = p.add_subparsers(dest="action", required=True)
@@ -478,6 +484,8 @@ def _cmd_task(args) -> None:
 
 def _cmd_index(args) -> None:
     """`chatforge index add|delete|search|list`: the run's retrieval index (retrieval/index.py)."""
+    from pathlib import Path
+
     from chatforge.retrieval.chunks import read_documents
     from chatforge.retrieval.index import RetrievalIndex
     from chatforge.run import require_run
@@ -485,14 +493,23 @@ def _cmd_index(args) -> None:
     run = require_run(args.run)
     idx = RetrievalIndex.load(run)
     if args.action == "add":
+        if not args.items and args.embedder is None:
+            raise ChatforgeError("index add: give files / folders to add (or --embedder to change the encoder)")
         if not idx.docs:
             idx.max_chars = args.max_chars
-        docs, skipped = read_documents(args.items)
+        if args.embedder is not None:
+            from chatforge.retrieval.dense import EmbedderSpec
+
+            idx.set_embedder(None if args.embedder == "none" else EmbedderSpec(
+                str(Path(args.embedder).resolve()), args.pooling, args.query_prefix, args.passage_prefix))
+        docs, skipped = read_documents(args.items) if args.items else ([], {})
         counts = idx.add(docs)
         idx.save()
+        dense = f"; dense: {idx.dense.spec.path}" if idx.dense is not None else ""
         print(f"index: {counts['added']} added, {counts['updated']} updated, {counts['unchanged']} unchanged"
               + (f"; skipped {dict(skipped)}" if skipped else "")
-              + f" -> {len(idx.docs)} documents, {sum(d['chunks'] for d in idx.docs.values())} passages in {idx.folder}")
+              + f" -> {len(idx.docs)} documents, {sum(d['chunks'] for d in idx.docs.values())} passages in {idx.folder}"
+              + dense)
     elif args.action == "delete":
         gone = idx.delete(args.items)
         idx.save()

@@ -10,8 +10,9 @@
     idx.search("雷努镇在哪条河边？", k=3)      # [{"chunk_id", "doc_id", "title", "text", "score"}]
 
 Layout (`RUN/index/`): docs.jsonl (document id, title, source, content hash, passage count), chunks.jsonl
-(the passages: what answers cite), bm25/ (bm25s's sparse matrices) and meta.json (written last: the
-index is complete when it exists). Adds and deletes work per document; the BM25 matrices are rebuilt from
+(the passages: what answers cite), bm25/ (bm25s's sparse matrices), dense/ (passage vectors, when an
+encoder was given: retrieval/dense.py; searches then fuse BM25 and dense rankings) and meta.json (written
+last: the index is complete when it exists). Adds and deletes work per document; the BM25 matrices are rebuilt from
 the stored passages on save — bm25s has no in-place update, and a rebuild of 100k passages takes seconds,
 far less than reading them again.
 """
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from chatforge import ChatforgeError
 from chatforge.retrieval.chunks import chunk_document, content_hash, terms
+from chatforge.retrieval.dense import DenseVectors, EmbedderSpec, reciprocal_rank_fusion
 from chatforge.textio import read_jsonl
 
 FORMAT = 1
@@ -36,6 +38,7 @@ class RetrievalIndex:
         self.chunks: dict[str, list[dict]] = {}  # doc_id -> its passages
         self._bm25 = None
         self._order: list[dict] = []        # passages in the BM25 matrix's row order
+        self.dense: DenseVectors | None = None  # passage vectors, when an encoder was given
 
     @classmethod
     def load(cls, run: str | Path) -> RetrievalIndex:
@@ -58,7 +61,19 @@ class RetrievalIndex:
 
             idx._bm25 = bm25s.BM25.load(str(folder / "bm25"), show_progress=False)
             idx._order = [c for d in idx.docs for c in idx.chunks[d]]
+        if meta.get("dense"):
+            idx.dense = DenseVectors.load(folder / "dense", meta["dense"])
         return idx
+
+    def set_embedder(self, spec: EmbedderSpec | None) -> None:
+        """Use this encoder for dense retrieval from now on (None: BM25 only). The passages are embedded on
+        save; vectors of another encoder are dropped."""
+        if spec is None:
+            self.dense = None
+            return
+        spec.validate()
+        if self.dense is None or self.dense.spec != spec:
+            self.dense = DenseVectors(self.folder / "dense", spec)
 
     @classmethod
     def load_nonempty(cls, run: str | Path, asker: str = "--retrieval") -> RetrievalIndex:
@@ -127,19 +142,37 @@ class RetrievalIndex:
         shutil.rmtree(self.folder / "bm25", ignore_errors=True)
         if self._bm25 is not None:
             self._bm25.save(str(self.folder / "bm25"), show_progress=False)
+        if self.dense is not None:
+            self.dense.update([c for d in self.docs for c in self.chunks[d]])
+            self.dense.save()
+        else:
+            shutil.rmtree(self.folder / "dense", ignore_errors=True)
         meta = {"format": FORMAT, "max_chars": self.max_chars, "documents": len(self.docs),
-                "passages": sum(len(c) for c in self.chunks.values()), "terms": "words + Han characters and bigrams"}
+                "passages": sum(len(c) for c in self.chunks.values()), "terms": "words + Han characters and bigrams",
+                "dense": self.dense.spec_dict() if self.dense is not None else None}
         (self.folder / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
     def search(self, query: str, k: int = 3) -> list[dict]:
-        """The k best passages for the query (fewer when fewer match any of its terms), best first."""
+        """The k best passages for the query, best first. BM25 only: those that match any of its terms (score:
+        BM25). With an encoder: BM25's and the dense ranking's candidates fused by reciprocal rank (score: the
+        fused score), so a passage may be found by meaning alone."""
         if not self.docs:
             return []
         if self._bm25 is None:
             self._build()
+        n = k if self.dense is None else max(4 * k, 20)  # fusion needs candidates beyond each list's top k
+        lexical = self._bm25_ranking(query, n)
+        if self.dense is None:
+            return [{**self._order[i], "score": s} for i, s in lexical]
+        self.dense.update(self._order)  # passages added since the last save
+        semantic = self.dense.rank(query, self._order, n)
+        fused = reciprocal_rank_fusion([[i for i, _ in lexical], [i for i, _ in semantic]])[:k]
+        return [{**self._order[i], "score": s} for i, s in fused]
+
+    def _bm25_ranking(self, query: str, n: int) -> list[tuple[int, float]]:
         vocab = self._bm25.vocab_dict
         q = [t for t in terms(query) if t in vocab]
         if not q:
             return []
-        ids, scores = self._bm25.retrieve([q], k=min(k, len(self._order)), show_progress=False)
-        return [{**self._order[i], "score": float(s)} for i, s in zip(ids[0], scores[0]) if s > 0]
+        ids, scores = self._bm25.retrieve([q], k=min(n, len(self._order)), show_progress=False)
+        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if s > 0]
