@@ -2,7 +2,9 @@
 warmup + cosine schedule, validation, metrics.jsonl, progress bar, atomic checkpoint/resume.
 
 A stage supplies a `Task` (its batches and its loss) and a model factory; the loop does the rest.
-Resuming: re-running the same command finds `checkpoint.pt` and continues from its step; because batches
+Resuming: re-running the same command finds the checkpoint (`checkpoint.pt`, or the sharded `checkpoint/`
+folder under FSDP2: train/ckpt.py) and continues from its step on any number of processes; `global_batch`
+fixes the accumulation per process count (`per_process_accumulation`). Because batches
 are a pure function of the step (see sampler.py) and RNG/optimizer state are restored, the resumed loss
 curve equals the uninterrupted one on CPU.
 """

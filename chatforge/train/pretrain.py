@@ -4,7 +4,8 @@
     torchrun --nproc_per_node=2 -m chatforge.cli pretrain --run-dir runs/demo --dist fsdp
 
 Reads `<run>/data` (token shards) and `<run>/tokenizer`, writes `<run>/base/`: config.json,
-model.safetensors, tokenizer files, metrics.jsonl, train_config.json, checkpoint.pt (resumable), stage.json.
+model.safetensors, tokenizer files, metrics.jsonl, train_config.json, checkpoint.pt or checkpoint/ (sharded, FSDP2;
+resumable), stage.json.
 """
 
 from __future__ import annotations
