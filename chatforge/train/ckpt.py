@@ -44,7 +44,8 @@ _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
 def is_sharded(fmt: str, fsdp: bool) -> bool:
-    """Whether `fmt` (TrainConfig.checkpoint_format, PPOConfig.checkpoint_format) writes sharded checkpoints: auto = sharded under FSDP2."""
+    """Whether `fmt` (TrainConfig / PPOConfig .checkpoint_format) writes sharded checkpoints: auto = sharded
+    under FSDP2."""
     if fmt not in CHECKPOINT_FORMATS:
         raise ChatforgeError(f"--checkpoint-format {fmt!r}: expected one of {', '.join(CHECKPOINT_FORMATS)}")
     return fmt == "sharded" or (fmt == "auto" and fsdp)
