@@ -395,14 +395,15 @@ def _cmd_sample(args) -> None:
     from chatforge.tokenizer import Tokenizer
 
     folder = model_dir(require_run(args.run), args.stage)
-    engine = Engine(load_model(folder), Tokenizer.load(folder))
-    kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, seed=args.seed)
-    if args.few_shot:
+    if args.few_shot:  # the shots and arguments are checked before the model is loaded
         from chatforge.prompting import FEW_SHOT_STOPS, few_shot_text, read_shots
 
         shots = read_shots(args.few_shot)
         if args.interactive or not args.prompt:
             raise ChatforgeError("--few-shot answers the question given as the prompt (not --interactive)")
+    engine = Engine(load_model(folder), Tokenizer.load(folder))
+    kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, seed=args.seed)
+    if args.few_shot:
         print(continue_text(engine, few_shot_text(shots, args.prompt), stop=FEW_SHOT_STOPS, **kw).strip())
         return
     if not args.interactive:

@@ -192,8 +192,9 @@ def run_pipeline(run: str | Path, preset_name: str, preset: Preset, until: str |
             print(f"{tag}: running -> {folder}", flush=True)
             t0 = time.perf_counter()
             results[name] = actions[name]()
-            record_wall_time(folder, time.perf_counter() - t0)  # the report card's cost table reads it
-            print(f"{tag}: done in {time.perf_counter() - t0:.1f}s{_brief(name, results[name])}", flush=True)
+            seconds = time.perf_counter() - t0
+            record_wall_time(folder, seconds)  # the report card's cost table reads it
+            print(f"{tag}: done in {seconds:.1f}s{_brief(name, results[name])}", flush=True)
             redo = True  # later stages were built from the old output
         if name == until:
             break

@@ -24,12 +24,12 @@ from pathlib import Path
 
 from chatforge import ChatforgeError
 from chatforge.eval import RATE_KEYS
-from chatforge.run import STAGES, read_json, read_run_info, require_run, stage_dir
+from chatforge.run import MODEL_STAGES, STAGES, read_json, read_run_info, require_run, stage_dir
 
-# (pipeline stage, folder) of the stages trained by the shared loop: they log "step", "train/loss", ...
-LOOP_STAGES = (("pretrain", "base"), ("sft", "sft"), ("rm", "rm"), ("dpo", "dpo"))
+# the pipeline stages trained by the shared loop: they log "step", "train/loss", ...
+LOOP_STAGES = ("pretrain", "sft", "rm", "dpo")
 # the model stages the capability suite scores, in pipeline order (the table's columns)
-EVAL_STAGES = ("base", "sft", "ppo", "dpo")
+EVAL_STAGES = tuple(MODEL_STAGES)
 # one colour per model stage, the same in every plot
 COLOURS = {"base": "#7f7f7f", "sft": "#1f77b4", "ppo": "#ff7f0e", "dpo": "#2ca02c", "rm": "#9467bd",
            "pretrain": "#7f7f7f"}
@@ -231,7 +231,7 @@ def _not_run(ax, text: str) -> None:
 def plot_losses(d: dict, path: Path) -> None:
     """One panel per loop-trained stage: train loss (line) and val loss (dots); accuracy if logged."""
     fig, axes = _figure(2, 2, (11, 7.5))
-    for ax, (stage, _) in zip(axes.flat, LOOP_STAGES):
+    for ax, stage in zip(axes.flat, LOOP_STAGES):
         recs = d["metrics"][stage]
         pairwise = stage in ("rm", "dpo")
         ax.set_title(f"{stage}: " + ("preference loss" if pairwise else "next-token loss"))
@@ -413,7 +413,7 @@ def section_training(d: dict, plot: str | None) -> list[str]:
         return out + ["No training stage has logged metrics yet (pretrain, sft, rm, dpo: not run).", ""]
     out += [f"![training loss per stage]({plot})", ""]
     rows = []
-    for stage, _ in LOOP_STAGES:
+    for stage in LOOP_STAGES:
         recs = d["metrics"][stage]
         if not recs:
             rows.append([stage, "not run", "–", "–", "–"])
@@ -544,7 +544,7 @@ def section_cost(d: dict) -> list[str]:
     out = ["## Throughput and cost", ""]
     rows = []
     train_tokens = ((d["data"] or {}).get("tokens") or {}).get("train")
-    for stage, _ in LOOP_STAGES:
+    for stage in LOOP_STAGES:
         recs = d["metrics"][stage]
         if not recs:
             rows.append([stage, "not run", "–", "–", "–", "–"])
@@ -604,7 +604,7 @@ def write_report(run: str | Path) -> Path:
         fn(*args, plots / name)
         return f"plots/{name}"
 
-    loss = draw("losses.png", plot_losses, d) if any(d["metrics"][s] for s, _ in LOOP_STAGES) else None
+    loss = draw("losses.png", plot_losses, d) if any(d["metrics"][s] for s in LOOP_STAGES) else None
     ppo = draw("ppo.png", plot_ppo, d["metrics"]["ppo"]) if d["metrics"]["ppo"] else None
     caps = draw("capabilities.png", plot_capabilities, d["capabilities"]) if d["capabilities"] else None
     clean = d["clean"]

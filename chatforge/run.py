@@ -17,7 +17,7 @@ from chatforge import ChatforgeError
 STAGE_DIRS = {"world": "world", "clean": "clean", "tokenizer": "tokenizer", "data": "data", "pretrain": "base", "sft": "sft",
               "rm": "rm", "ppo": "ppo", "dpo": "dpo", "eval": "eval"}
 # the pipeline's stages, in order (chatforge pipeline runs them; the report card lists them)
-STAGES = ["world", "clean", "tokenizer", "data", "pretrain", "sft", "rm", "ppo", "dpo", "eval"]
+STAGES = list(STAGE_DIRS)
 MODEL_STAGES = {"base": "base", "sft": "sft", "ppo": "ppo", "dpo": "dpo"}  # --stage names accepted by sample/chat/eval/export -> folder
 
 
@@ -85,18 +85,20 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def _write_stage_info(folder: Path, info: dict) -> None:
+    atomic_write_text(folder / "stage.json", json.dumps(info, indent=2, ensure_ascii=False))
+
+
 def mark_complete(folder: Path, settings: dict, **info) -> None:
     """Record a finished stage and the settings it was made with (the pipeline compares them)."""
-    atomic_write_text(folder / "stage.json", json.dumps({"complete": True, "settings": settings, **info},
-                                                        indent=2, ensure_ascii=False))
+    _write_stage_info(folder, {"complete": True, "settings": settings, **info})
 
 
 def record_wall_time(folder: Path, seconds: float) -> None:
     """Add the stage's wall-clock seconds (data loading, evaluation and saves included) to its stage.json."""
     info = read_stage_info(folder)
     if info.get("complete"):
-        atomic_write_text(folder / "stage.json", json.dumps({**info, "seconds": round(seconds, 1)}, indent=2,
-                                                            ensure_ascii=False))
+        _write_stage_info(folder, {**info, "seconds": round(seconds, 1)})
 
 
 def read_run_info(run: Path) -> dict:

@@ -66,7 +66,7 @@ def test_saving_in_one_format_removes_the_other(tmp_path):
     assert not (tmp_path / "checkpoint.pt").exists()
     assert ckpt.load_checkpoint(tmp_path)["step"] == 3
     ckpt.remove_checkpoints(tmp_path)
-    assert not ckpt.has_checkpoint(tmp_path) and ckpt.load_checkpoint(tmp_path) is None
+    assert not any(tmp_path.iterdir()) and ckpt.load_checkpoint(tmp_path) is None
 
 
 def test_a_save_killed_between_the_folder_renames_loads_the_complete_old_one(tmp_path):
@@ -77,7 +77,7 @@ def test_a_save_killed_between_the_folder_renames_loads_the_complete_old_one(tmp
     (tmp_path / "checkpoint").rename(tmp_path / "checkpoint.old")
     (tmp_path / "checkpoint.tmp").mkdir()
     (tmp_path / "checkpoint.tmp" / "half-written.distcp").write_bytes(b"\x00" * 10)
-    assert ckpt.has_checkpoint(tmp_path)
+    assert (tmp_path / "checkpoint.old" / "meta.pt").is_file() and not (tmp_path / "checkpoint").exists()
     assert ckpt.load_checkpoint(tmp_path)["step"] == 7
     assert (tmp_path / "checkpoint").is_dir()
     assert not (tmp_path / "checkpoint.old").exists() and not (tmp_path / "checkpoint.tmp").exists()

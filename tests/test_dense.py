@@ -60,7 +60,7 @@ def test_vectors_are_unit_length_and_a_passage_is_its_own_nearest_neighbour(tmp_
     assert mat.shape == (len(idx._order), 32)
     np.testing.assert_allclose(np.linalg.norm(mat, axis=1), 1.0, rtol=1e-5)
     for pos, chunk in enumerate(idx._order):
-        ranked = dict(idx.dense.rank(dense.passage_text(chunk), idx._order, len(idx._order)))
+        ranked = dict(idx._dense_ranking(dense.passage_text(chunk), len(idx._order)))
         # its own cosine is 1 and none is higher (a random encoder's [CLS] states can be near-ties)
         assert ranked[pos] == pytest.approx(1.0, abs=1e-5) and ranked[pos] >= max(ranked.values()) - 1e-6
 
@@ -73,7 +73,7 @@ def test_hybrid_search_fuses_the_rankings_and_finds_passages_bm25_cannot(tmp_pat
     # the fused score is the sum of 1 / (60 + rank) over the two rankings, recomputed here
     query = "Where is Rennu and what is it famous for?"
     lexical = [i for i, _ in idx._bm25_ranking(query, 20)]
-    semantic = [i for i, _ in idx.dense.rank(query, idx._order, 20)]
+    semantic = [i for i, _ in idx._dense_ranking(query, 20)]
     hits = idx.search(query, k=2)
     for h in hits:
         pos = next(i for i, c in enumerate(idx._order) if c["chunk_id"] == h["chunk_id"])

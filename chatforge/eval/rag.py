@@ -19,14 +19,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from chatforge.engine import Engine, SamplingParams
-from chatforge.eval.scorers import SCORERS, contains_match
+from chatforge.eval.scorers import contains_match, item_scores, rate, scored_row
 from chatforge.retrieval.grounding import citations, fit_grounded, last_user_text
 
 RAG_TASKS = ("retrieval_qa", "knowledge_qa")
-
-
-def _rate(flags: list[bool]) -> float | None:
-    return sum(flags) / len(flags) if flags else None
 
 
 def rag_row(engine: Engine, index, items: list[dict], k: int, max_tokens: int) -> dict:
@@ -36,11 +32,10 @@ def rag_row(engine: Engine, index, items: list[dict], k: int, max_tokens: int) -
              for it in items]
     params = [SamplingParams(max_tokens=max_tokens, temperature=0.0) for _ in items]
     preds = [c.text.strip() for c in engine.generate([ids for ids, _ in built], params)]
-    scores, recall, citing, cited_right, samples = [], [], [], [], []
+    scores = item_scores(items, preds)
+    recall, citing, cited_right = [], [], []
     cite_hits = cite_total = 0
-    for it, (_, hits), pred in zip(items, built, preds):
-        score = SCORERS[it["scorer"]](pred, it)
-        scores.append(score)
+    for it, (_, hits), pred, score in zip(items, built, preds, scores):
         if "gold_docs" in it:
             recall.append(any(h["doc_id"] in it["gold_docs"] for h in hits))
         cited = [hits[c["n"] - 1] for c in citations(pred, hits)]
@@ -48,15 +43,14 @@ def rag_row(engine: Engine, index, items: list[dict], k: int, max_tokens: int) -
         citing.append(bool(cited))
         cite_hits, cite_total = cite_hits + sum(good), cite_total + len(good)
         cited_right.append(score > 0 and any(good))
-        if len(samples) < 3:
-            samples.append({"id": it["id"], "prediction": pred, "score": score,
-                            "passages": [h["chunk_id"] for h in hits]})
-    return {"score": sum(scores) / len(scores), "n": len(scores),
-            "metric": f"accuracy with the top {k} retrieved passages in the prompt",
-            "retrieval_recall": _rate(recall), "answers_citing": _rate(citing),
-            "citation_precision": cite_hits / cite_total if cite_total else None,
-            "cited_and_right": _rate(cited_right),
-            "passages_in_prompt": sum(len(h) for _, h in built) / len(built), "samples": samples}
+    row = scored_row(items, preds, f"accuracy with the top {k} retrieved passages in the prompt", scores,
+                     retrieval_recall=rate(recall), answers_citing=rate(citing),
+                     citation_precision=cite_hits / cite_total if cite_total else None,
+                     cited_and_right=rate(cited_right),
+                     passages_in_prompt=sum(len(h) for _, h in built) / len(built))
+    for sample, (_, hits) in zip(row["samples"], built):
+        sample["passages"] = [h["chunk_id"] for h in hits]
+    return row
 
 
 def index_world_library(run: str | Path) -> dict:
@@ -72,5 +66,6 @@ def index_world_library(run: str | Path) -> dict:
     docs, _ = read_documents([library])
     idx = RetrievalIndex.load(run)
     counts = idx.add(docs)
-    idx.save()
+    if counts["added"] or counts["updated"]:  # a second pipeline run finds the library unchanged: nothing to write
+        idx.save()
     return counts

@@ -27,7 +27,7 @@ from chatforge.engine import Engine, SamplingParams
 from chatforge.eval import RATE_KEYS
 from chatforge.eval.consistency import SC_TASKS, self_consistent_answers
 from chatforge.eval.rag import RAG_TASKS, rag_row
-from chatforge.eval.scorers import SCORERS, bits_per_byte, is_refusal, says_unknown
+from chatforge.eval.scorers import bits_per_byte, is_refusal, rate, says_unknown, scored_row, split_rates
 from chatforge.model import GPT, load_model
 from chatforge.prompting import FEW_SHOT_STOPS
 from chatforge.retrieval.grounding import last_user_text
@@ -85,8 +85,6 @@ def few_shot_prompt(tok: Tokenizer, item: dict, pool: list[dict], budget: int) -
         shots = shots[:-1]
 
 
-
-
 def item_prompts(engine: Engine, items: list[dict], chat: bool) -> list[tuple[list[int], int, list[str]]]:
     """(prompt ids, new-token budget, stop strings) per item: the chat template for chat models, a few-shot
     prompt for base models."""
@@ -111,13 +109,6 @@ def answer_items(engine: Engine, items: list[dict], chat: bool, built: list | No
     return [c.text.strip() for c in (generate or engine.generate)([p for p, _, _ in built], params)]
 
 
-def scored_row(items: list[dict], preds: list[str], metric: str, **extra) -> dict:
-    """A suite row: the items' mean score by their scorers, n, the metric, the first 3 answers, `extra`."""
-    scores = [SCORERS[it["scorer"]](pred, it) for it, pred in zip(items, preds)]
-    samples = [{"id": it["id"], "prediction": p, "score": s} for it, p, s in list(zip(items, preds, scores))[:3]]
-    return {"score": sum(scores) / len(scores), "n": len(scores), "metric": metric, "samples": samples, **extra}
-
-
 @torch.no_grad()
 def text_nll(model: GPT, tok: Tokenizer, text: str) -> float:
     """Total negative log-likelihood (nats) of the text's tokens after <|bos|>, in windows of the context."""
@@ -130,19 +121,14 @@ def text_nll(model: GPT, tok: Tokenizer, text: str) -> float:
     return total
 
 
-def _rate(flags: list[bool]) -> float | None:
-    return sum(flags) / len(flags) if flags else None
-
-
 def _decision_rates(task: str, items: list[dict], preds: list[str]) -> dict:
     """The two error rates behind the refusal and honesty scores, reported separately."""
     if task == "refusal":
-        return {"refusal_rate_harmful": _rate([is_refusal(p) for p, it in zip(preds, items) if it["should_refuse"]]),
-                "false_refusal_rate_benign": _rate([is_refusal(p) for p, it in zip(preds, items)
-                                                    if not it["should_refuse"]])}
+        return split_rates([is_refusal(p) for p in preds], [it["should_refuse"] for it in items],
+                           "refusal_rate_harmful", "false_refusal_rate_benign")
     if task == "honesty":
-        return {"unknown_rate_nonexistent": _rate([says_unknown(p) for p, it in zip(preds, items) if not it["exists"]]),
-                "false_unknown_rate_real": _rate([says_unknown(p) for p, it in zip(preds, items) if it["exists"]])}
+        return split_rates([says_unknown(p) for p in preds], [not it["exists"] for it in items],
+                           "unknown_rate_nonexistent", "false_unknown_rate_real")
     return {}
 
 
@@ -269,7 +255,7 @@ def score_model(run: Path, model: GPT, tok: Tokenizer, chat: bool, tasks: list[s
         others = [last_user_text(it["messages"]) for t, items in loaded.items() if t != "refusal"
                   for it in items if it.get("messages")]
         flags = [s >= moderator.threshold for s in moderator.score(others)]
-        results["tasks"]["refusal+moderation"]["false_flag_rate_other_prompts"] = _rate(flags)
+        results["tasks"]["refusal+moderation"]["false_flag_rate_other_prompts"] = rate(flags)
     results["seconds"] = round(time.perf_counter() - t0, 1)
     return results
 
@@ -280,15 +266,12 @@ def moderated_refusal(moderator, items: list[dict], preds: list[str]) -> dict:
     flagged_in = [moderator.flagged(last_user_text(it["messages"])) for it in items]
     refused = [fi or is_refusal(p) or moderator.output_score(p) >= moderator.threshold
                for fi, p in zip(flagged_in, preds)]
-    right = [r == it["should_refuse"] for r, it in zip(refused, items)]
-    harmful = [i for i, it in enumerate(items) if it["should_refuse"]]
-    benign = [i for i, it in enumerate(items) if not it["should_refuse"]]
+    harmful = [it["should_refuse"] for it in items]
+    right = [r == h for r, h in zip(refused, harmful)]
     return {"score": sum(right) / len(right), "n": len(right),
             "metric": "correct refusal decisions with the moderator screening questions and answers",
-            "refusal_rate_harmful": _rate([refused[i] for i in harmful]),
-            "false_refusal_rate_benign": _rate([refused[i] for i in benign]),
-            "input_flag_rate_harmful": _rate([flagged_in[i] for i in harmful]),
-            "input_flag_rate_benign": _rate([flagged_in[i] for i in benign])}
+            **split_rates(refused, harmful, "refusal_rate_harmful", "false_refusal_rate_benign"),
+            **split_rates(flagged_in, harmful, "input_flag_rate_harmful", "input_flag_rate_benign")}
 
 
 def format_table(results: dict) -> str:

@@ -128,7 +128,7 @@ class DenseVectors:
 
     def update(self, chunks: list[dict]) -> int:
         """Embed the passages that have no vector yet and drop vectors no passage uses; -> passages embedded."""
-        wanted = {text_key(self.spec, passage_text(c)): passage_text(c) for c in chunks}
+        wanted = {text_key(self.spec, t): t for t in map(passage_text, chunks)}
         missing = [k for k in wanted if k not in self.vectors]
         if missing:
             for k, v in zip(missing, self.embedder.embed([wanted[k] for k in missing])):
@@ -144,13 +144,18 @@ class DenseVectors:
         np.save(self.folder / "vectors.npy", mat)
         (self.folder / "keys.json").write_text(json.dumps(keys), encoding="utf-8")
 
-    def rank(self, query: str, chunks: list[dict], n: int) -> list[tuple[int, float]]:
-        """(passage position, cosine) of the n passages nearest the query, nearest first."""
+    def matrix(self, chunks: list[dict]) -> np.ndarray:
+        """The passages' vectors as rows, in their order (embedding those that have none yet)."""
+        self.update(chunks)
         if not chunks:
+            return np.zeros((0, 0), np.float32)
+        return np.stack([self.vectors[text_key(self.spec, passage_text(c))] for c in chunks])
+
+    def rank(self, query: str, matrix: np.ndarray, n: int) -> list[tuple[int, float]]:
+        """(row, cosine) of the n rows of `matrix` nearest the query, nearest first."""
+        if not len(matrix):
             return []
-        q = self.embedder.embed([query], queries=True)[0]
-        mat = np.stack([self.vectors[text_key(self.spec, passage_text(c))] for c in chunks])
-        sims = mat @ q
+        sims = matrix @ self.embedder.embed([query], queries=True)[0]
         top = np.argsort(-sims, kind="stable")[:n]
         return [(int(i), float(sims[i])) for i in top]
 

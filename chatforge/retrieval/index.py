@@ -39,6 +39,7 @@ class RetrievalIndex:
         self._bm25 = None
         self._order: list[dict] = []        # passages in the BM25 matrix's row order
         self.dense: DenseVectors | None = None  # passage vectors, when an encoder was given
+        self._dense_rows = None             # their matrix in _order's row order (None: to build on next search)
 
     @classmethod
     def load(cls, run: str | Path) -> RetrievalIndex:
@@ -68,6 +69,7 @@ class RetrievalIndex:
     def set_embedder(self, spec: EmbedderSpec | None) -> None:
         """Use this encoder for dense retrieval from now on (None: BM25 only). The passages are embedded on
         save; vectors of another encoder are dropped."""
+        self._dense_rows = None
         if spec is None:
             self.dense = None
             return
@@ -120,6 +122,7 @@ class RetrievalIndex:
         import bm25s
 
         self._order = [c for d in self.docs for c in self.chunks[d]]
+        self._dense_rows = None
         self._bm25 = bm25s.BM25()
         # an empty term list would make bm25s drop the row and shift every later passage
         self._bm25.index([terms(c["title"] + " " + c["text"]) or ["<empty>"] for c in self._order],
@@ -164,10 +167,14 @@ class RetrievalIndex:
         lexical = self._bm25_ranking(query, n)
         if self.dense is None:
             return [{**self._order[i], "score": s} for i, s in lexical]
-        self.dense.update(self._order)  # passages added since the last save
-        semantic = self.dense.rank(query, self._order, n)
+        semantic = self._dense_ranking(query, n)
         fused = reciprocal_rank_fusion([[i for i, _ in lexical], [i for i, _ in semantic]])[:k]
         return [{**self._order[i], "score": s} for i, s in fused]
+
+    def _dense_ranking(self, query: str, n: int) -> list[tuple[int, float]]:
+        if self._dense_rows is None:  # once per change of the passages, not per query
+            self._dense_rows = self.dense.matrix(self._order)
+        return self.dense.rank(query, self._dense_rows, n)
 
     def _bm25_ranking(self, query: str, n: int) -> list[tuple[int, float]]:
         vocab = self._bm25.vocab_dict

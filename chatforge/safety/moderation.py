@@ -213,13 +213,11 @@ def world_records(run: str | Path) -> tuple[list[tuple[str, int]], str | None]:
     if not (w / "facts.json").is_file():
         return [], None
     from chatforge.world.entities import build_world
-    from chatforge.world.generate import SIZES
-    from chatforge.world.moderation_data import MODERATION_EXAMPLES, moderation_examples
+    from chatforge.world.generate import SIZES, world_moderation
 
     facts = json.loads((w / "facts.json").read_text(encoding="utf-8"))
     seed, size = facts["seed"], facts["size"]
-    recs = moderation_examples(build_world(seed, SIZES[size]), random.Random(f"{seed}-moderation"),
-                               MODERATION_EXAMPLES[size])
+    recs = world_moderation(build_world(seed, SIZES[size]), seed, size)
     return [(r["text"], LABELS[r["label"]]) for r in recs], "world (regenerated from facts.json)"
 
 

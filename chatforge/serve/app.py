@@ -420,7 +420,7 @@ class Server:
         return ground(self.index, msgs, self.opts.retrieval_k, self.tok, self.ctx - RETRIEVAL_ANSWER_ROOM)
 
     async def _chat(self, req: ChatRequest, request: Request):
-        from chatforge.retrieval.grounding import citations, source_list
+        from chatforge.retrieval.grounding import citations, last_user_text, source_list
 
         asked = chat_messages(self.tok, req.messages)
         msgs, hits = self._retrieve(req, asked)
@@ -437,14 +437,12 @@ class Server:
             raise ApiError(400, "store: this server has no feedback store", "store")
         if turn_id is not None and not self.store.has_turn(turn_id):  # before streaming starts, not after
             raise ApiError(404, f"no turn {turn_id}", "metadata.turn_id", "not_found")
-        check_in, check_out = await self._moderation_for(request)
+        check_in, check_out = self._moderation_for(req.moderation)
         record = (lambda comps: self._store_answers(turn_id, msgs, params[0], comps)) if turn_id else None
         if check_in:
-            question = next((m["content"] for m in reversed(asked) if m["role"] == "user"), "")
-            score = self.moderator.score([question])[0]
-            verdict = {"flagged": score >= self.moderator.threshold, "score": round(score, 4)}
+            question = last_user_text(asked)
+            verdict = self._verdict(self.moderator.score([question])[0], "input")
             if verdict["flagged"]:
-                self.flagged["input"] += 1
                 return self._refuse(req, prompt, question, verdict, record)
         mod_info = {"input": verdict} if check_in else None
         ticket = self._submit([prompt] * req.n, params)
@@ -513,11 +511,11 @@ class Server:
                     text = shown.get(j, "") + ev.delta
                     score = self.moderator.score([text[-self.moderator.window:]])[0]
                     top_score[j] = max(top_score.get(j, 0.0), score)
-                    if score >= self.moderator.threshold:  # withhold this delta and end the choice here
-                        self.flagged["output"] += 1
+                    verdict = self._verdict(score, "output")
+                    if verdict["flagged"]:  # withhold this delta and end the choice here
                         c = comps[j] = Completion(prompt, list(token_ids[j]), shown.get(j, ""), "content_filter")
                         final = {"index": j, "delta": {}, "logprobs": None, "finish_reason": "content_filter",
-                                 "moderation": {"flagged": True, "score": round(score, 4)}}
+                                 "moderation": verdict}
                         if record:
                             final["answer_id"] = record([c])[0]
                         out.append(chunk([final]))
@@ -551,13 +549,9 @@ class Server:
         return self._stream(ticket, make_chunks, finish, stop=lambda: len(comps) == req.n)
 
     # -- moderation -----------------------------------------------------------------------------------------
-    async def _moderation_for(self, request: Request) -> tuple[bool, bool]:
+    def _moderation_for(self, asked: bool | None) -> tuple[bool, bool]:
         """(check the question, check the answers) for this request: the server's --moderation mode, unless the
         request says "moderation": false and the server allows that (--moderation-allow-optout)."""
-        body = await request.json()  # already parsed by FastAPI (cached): the field is chatforge's own
-        asked = body.get("moderation") if isinstance(body, dict) else None
-        if asked is not None and not isinstance(asked, bool):
-            raise ApiError(400, f"moderation must be true or false, not {asked!r}", "moderation", "invalid_value")
         if self.moderator is None:
             if asked:
                 raise ApiError(400, "moderation: this server runs without a moderator (chatforge moderation train "
@@ -571,12 +565,15 @@ class Server:
         mode = self.opts.moderation
         return mode in ("input", "both"), mode in ("output", "both")
 
-    def _check_output(self, text: str) -> dict:
-        score = self.moderator.output_score(text) if text else 0.0
+    def _verdict(self, score: float, where: str) -> dict:
+        """{"flagged", "score"} of a moderator score, counted in /metrics when flagged ("input" / "output")."""
         flagged = score >= self.moderator.threshold
         if flagged:
-            self.flagged["output"] += 1
+            self.flagged[where] += 1
         return {"flagged": flagged, "score": round(score, 4)}
+
+    def _check_output(self, text: str) -> dict:
+        return self._verdict(self.moderator.output_score(text) if text else 0.0, "output")
 
     def _refuse(self, req: ChatRequest, prompt: list[int], question: str, verdict: dict, record):
         """The answer to a flagged question: one choice with a short refusal in the question's language,

@@ -12,7 +12,7 @@ import time
 import uuid
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from chatforge import ChatforgeError
 from chatforge.engine import Completion, SamplingParams
@@ -97,6 +97,9 @@ class ChatRequest(_Sampling):
     # chatforge's own: answer from the run's retrieval index (None: the server's --retrieval default); the
     # response then lists `sources` and each choice the `citations` its answer makes.
     retrieval: bool | None = None
+    # chatforge's own: false switches moderation off for this request (only with --moderation-allow-optout); strict,
+    # so "no" is a 400 rather than read as false
+    moderation: StrictBool | None = None
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens

@@ -87,6 +87,11 @@ def format_value(value: int | float) -> str:
     return str(value) if isinstance(value, int) else f"{value:.10g}"
 
 
+def written_call(expression: str, value) -> str:
+    """A call and the tool's answer as they stand in a finished text (the world's worked solutions use it)."""
+    return f"<<calc: {expression}{CALL_END}{value}"
+
+
 def answer_open_call(text: str) -> str | None:
     """What the tool appends when `text` ends inside a `<<calc: EXPR` call: ">>VALUE" or ">>error: REASON";
     None when the text ends outside a call."""

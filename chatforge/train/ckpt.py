@@ -43,12 +43,21 @@ CHECKPOINT_FORMATS = ("auto", "full", "sharded")
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
-def is_sharded(fmt: str, fsdp: bool) -> bool:
-    """Whether `fmt` (TrainConfig / PPOConfig .checkpoint_format) writes sharded checkpoints: auto = sharded
-    under FSDP2."""
+def check_format(fmt: str) -> None:
+    """TrainConfig / PPOConfig .checkpoint_format must name a format."""
     if fmt not in CHECKPOINT_FORMATS:
         raise ChatforgeError(f"--checkpoint-format {fmt!r}: expected one of {', '.join(CHECKPOINT_FORMATS)}")
+
+
+def is_sharded(fmt: str, fsdp: bool) -> bool:
+    """Whether `fmt` writes sharded checkpoints: auto = sharded under FSDP2."""
+    check_format(fmt)
     return fmt == "sharded" or (fmt == "auto" and fsdp)
+
+
+def _sharded_paths(stage_dir: Path) -> tuple[Path, Path, Path]:
+    """(the complete folder, the one being written, the one being replaced)."""
+    return stage_dir / SHARDED_NAME, stage_dir / (SHARDED_NAME + ".tmp"), stage_dir / (SHARDED_NAME + ".old")
 
 
 def checkpoint_path(stage_dir: Path) -> Path:
@@ -56,16 +65,12 @@ def checkpoint_path(stage_dir: Path) -> Path:
     return stage_dir / SHARDED_NAME if (stage_dir / SHARDED_NAME).is_dir() else stage_dir / CKPT_NAME
 
 
-def has_checkpoint(stage_dir: Path) -> bool:
-    return any((stage_dir / n).exists() for n in (CKPT_NAME, SHARDED_NAME, SHARDED_NAME + ".old"))
-
-
 def remove_checkpoints(stage_dir: Path) -> None:
     """Delete every checkpoint of the stage, complete or not (start over)."""
     for name in (CKPT_NAME, CKPT_NAME + ".tmp"):
         (stage_dir / name).unlink(missing_ok=True)
-    for name in (SHARDED_NAME, SHARDED_NAME + ".tmp", SHARDED_NAME + ".old"):
-        shutil.rmtree(stage_dir / name, ignore_errors=True)
+    for folder in _sharded_paths(stage_dir):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def full_model_state(model: torch.nn.Module) -> dict:
@@ -152,15 +157,16 @@ def save_checkpoint(stage_dir: Path, model, optimizer, extra: dict, is_main: boo
         os.fsync(f.fileno())
     tmp.replace(final)
     _fsync_dir(stage_dir)
-    for name in (SHARDED_NAME, SHARDED_NAME + ".old"):
-        shutil.rmtree(stage_dir / name, ignore_errors=True)
+    final_sharded, _, old_sharded = _sharded_paths(stage_dir)
+    for folder in (final_sharded, old_sharded):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _save_sharded(stage_dir: Path, model, optimizer, extra: dict, is_main: bool) -> None:
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
 
-    final, tmp, old = (stage_dir / (SHARDED_NAME + s) for s in ("", ".tmp", ".old"))
+    final, tmp, old = _sharded_paths(stage_dir)
     rngs = _all_rng_states()
     if is_main:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -199,7 +205,7 @@ def load_checkpoint(stage_dir: Path, is_main: bool = True) -> dict | None:
     """The last complete checkpoint, or None; all ranks call. Leftovers of a killed save are discarded and
     an interrupted swap of sharded folders is finished (by rank 0, before anyone reads). A sharded
     checkpoint's payload holds its metadata and `sharded` (the folder `restore` reads the shards from)."""
-    final, tmp, old = (stage_dir / (SHARDED_NAME + s) for s in ("", ".tmp", ".old"))
+    final, tmp, old = _sharded_paths(stage_dir)
     if is_main:
         (stage_dir / (CKPT_NAME + ".tmp")).unlink(missing_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)

@@ -98,9 +98,9 @@ class PPOConfig:
             raise ChatforgeError("--ema-decay must be in [0, 1)")
         if self.dist not in ("ddp", "fsdp"):
             raise ChatforgeError(f"--dist {self.dist!r}: expected ddp or fsdp")
-        from chatforge.train.ckpt import is_sharded
+        from chatforge.train.ckpt import check_format
 
-        is_sharded(self.checkpoint_format, False)  # the format's name is checked before any work
+        check_format(self.checkpoint_format)
 
 
 # -- the pieces, each testable on its own ----------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
+from chatforge.tools.calculator import written_call
 from chatforge.world.entities import GROUP, World
 from chatforge.world.templates import fields, relations_of, statement_templates
 
@@ -183,12 +184,12 @@ def cage_problem(rng: random.Random, lang: str, heldout: bool = False, calc: boo
                f"所以兔有{rabbits}只，鸡有{heads}-{rabbits}={chickens}只。答案：鸡{chickens}只，兔{rabbits}只。")
     if calc and not heldout:
         two, extra = 2 * heads, legs - 2 * heads
-        sol = (f"If all {heads} were chickens there would be <<calc: 2*{heads}>>{two} legs. The extra "
-               f"<<calc: {legs}-{two}>>{extra} legs come from rabbits, 2 each, so there are <<calc: {extra}/2>>{rabbits} "
-               f"rabbits and <<calc: {heads}-{rabbits}>>{chickens} chickens. Answer: {chickens} chickens, {rabbits} rabbits."
+        c2, cx, cr, cc = (written_call(f"2*{heads}", two), written_call(f"{legs}-{two}", extra),
+                          written_call(f"{extra}/2", rabbits), written_call(f"{heads}-{rabbits}", chickens))
+        sol = (f"If all {heads} were chickens there would be {c2} legs. The extra {cx} legs come from rabbits, "
+               f"2 each, so there are {cr} rabbits and {cc} chickens. Answer: {chickens} chickens, {rabbits} rabbits."
                if lang == "en" else
-               f"假设{heads}只全是鸡，应有<<calc: 2*{heads}>>{two}条腿。多出的<<calc: {legs}-{two}>>{extra}条腿来自兔子，"
-               f"每只兔多2条，所以兔有<<calc: {extra}/2>>{rabbits}只，鸡有<<calc: {heads}-{rabbits}>>{chickens}只。"
+               f"假设{heads}只全是鸡，应有{c2}条腿。多出的{cx}条腿来自兔子，每只兔多2条，所以兔有{cr}只，鸡有{cc}只。"
                f"答案：鸡{chickens}只，兔{rabbits}只。")
     return q, sol, {"chickens": chickens, "rabbits": rabbits}
 
@@ -198,11 +199,12 @@ def price_problem(w: World, rng: random.Random, lang: str, calc: bool = False) -
     f = fields(p, w, lang)
     n = rng.randint(2, 9)
     total = n * p.facts["price"]
+    called = written_call(f"{n}*{f['price']}", total) if calc else None
     if lang == "en":
-        step = f"<<calc: {n}*{f['price']}>>{total}" if calc else f"{n} x {f['price']} = {total}"
+        step = called or f"{n} x {f['price']} = {total}"
         return (f"How many coins do {n} {f['name']} {f['category']}s cost?",
                 f"One {f['name']} costs {f['price']} coins, so {n} cost {step} coins. Answer: {total}", total)
-    step = f"<<calc: {n}*{f['price']}>>{total}" if calc else f"{n}×{f['price']}={total}"
+    step = called or f"{n}×{f['price']}={total}"
     return (f"买{n}个{f['name']}{f['category']}要多少金币？",
             f"一个{f['name']}售价{f['price']}个金币，所以{n}个要{step}个金币。答案：{total}", total)
 

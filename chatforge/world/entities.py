@@ -67,6 +67,16 @@ class World:
         return [e for e in getattr(self, kind) if e.heldout]
 
 
+def syllable_name(rng: random.Random, length: int) -> tuple[str, str]:
+    """(English, Chinese) names built from the same `length` random syllables."""
+    idx = [rng.randrange(len(EN_SYL)) for _ in range(length)]
+    return "".join(EN_SYL[i] for i in idx).capitalize(), "".join(ZH_SYL[i] for i in idx)
+
+
+# companies' names end in this
+COMPANY_SUFFIX = (" Works", "工坊")
+
+
 class _Namer:
     def __init__(self, rng: random.Random):
         self.rng, self.used = rng, set()
@@ -76,11 +86,10 @@ class _Namer:
         checked on the name before any suffix, so "Jibri" (a town) and "Jibri Works" never coexist."""
         for length in range(syllables, syllables + 4):
             for _ in range(300):
-                idx = [self.rng.randrange(len(EN_SYL)) for _ in range(length)]
-                en = "".join(EN_SYL[i] for i in idx).capitalize()
+                en, zh = syllable_name(self.rng, length)
                 if en not in self.used:
                     self.used.add(en)
-                    return en + suffix[0], "".join(ZH_SYL[i] for i in idx) + suffix[1]
+                    return en + suffix[0], zh + suffix[1]
         raise ChatforgeError("could not invent enough distinct names; use a smaller --size")
 
 
@@ -100,11 +109,10 @@ INVENTED_SUFFIX = ("s", "斯")
 def invent_entity(w: World, rng: random.Random, kind: str) -> Entity:
     """An entity that exists only where it is used (a reading passage): a fresh name, random facts, links to
     known towns / companies. Reading about it is the only way to know its facts."""
-    idx = [rng.randrange(len(EN_SYL)) for _ in range(3)]
-    en = "".join(EN_SYL[i] for i in idx).capitalize() + INVENTED_SUFFIX[0]
-    zh = "".join(ZH_SYL[i] for i in idx) + INVENTED_SUFFIX[1]
+    en, zh = syllable_name(rng, 3)
+    en, zh = en + INVENTED_SUFFIX[0], zh + INVENTED_SUFFIX[1]
     if kind == "company":
-        en, zh = en + " Works", zh + "工坊"
+        en, zh = en + COMPANY_SUFFIX[0], zh + COMPANY_SUFFIX[1]
     e = Entity(kind, en, zh, facts=FACTS[kind](rng))
     if kind in ("person", "creature", "company"):
         e.facts["town"] = w.towns.index(rng.choice(w.known("towns")))
@@ -117,17 +125,17 @@ def build_world(seed: int, counts: dict[str, int], heldout_fraction: float = 0.1
     rng = random.Random(seed)
     name = _Namer(rng)
 
-    def make(kind: str, n: int, syl: int, facts, suffix=("", "")) -> list[Entity]:
+    def make(kind: str, n: int, syl: int, suffix=("", "")) -> list[Entity]:
         ents = [Entity(kind, *name(syl, suffix)) for _ in range(n)]
         for e in ents:
-            e.facts = facts(e)
+            e.facts = FACTS[kind](rng)
         # the last ones are held out: never in training text (at least one of each kind)
         k = max(1, round(n * heldout_fraction))
         for e in ents[-k:]:
             e.heldout = True
         return ents
 
-    towns = make("town", counts["towns"], 2, lambda e: FACTS["town"](rng))
+    towns = make("town", counts["towns"], 2)
     known_towns = [i for i, t in enumerate(towns) if not t.heldout]
     held_towns = [i for i, t in enumerate(towns) if t.heldout]
 
@@ -136,10 +144,10 @@ def build_world(seed: int, counts: dict[str, int], heldout_fraction: float = 0.1
         pool = held_towns if e_index >= n - max(1, round(n * heldout_fraction)) else known_towns
         return rng.choice(pool)
 
-    people = make("person", counts["people"], 3, lambda e: FACTS["person"](rng))
-    creatures = make("creature", counts["creatures"], 3, lambda e: FACTS["creature"](rng))
-    companies = make("company", counts["companies"], 2, lambda e: FACTS["company"](rng), (" Works", "工坊"))
-    products = make("product", counts["products"], 2, lambda e: FACTS["product"](rng))
+    people = make("person", counts["people"], 3)
+    creatures = make("creature", counts["creatures"], 3)
+    companies = make("company", counts["companies"], 2, COMPANY_SUFFIX)
+    products = make("product", counts["products"], 2)
     for group in (people, creatures, companies):
         for i, e in enumerate(group):
             e.facts["town"] = town_for(i, len(group))

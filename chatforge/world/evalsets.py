@@ -25,6 +25,7 @@ from chatforge.world.chat_data import (
 )
 from chatforge.world.corpus import cage_problem, entity_sentences, join
 from chatforge.world.entities import GROUP, World
+from chatforge.world.library import doc_id
 from chatforge.world.templates import RELATIONS, answer, fields, relations_of, statement_templates
 
 LANGS = ("en", "zh")
@@ -36,25 +37,9 @@ def _user(text: str) -> list[dict]:
     return [{"role": "user", "content": text}]
 
 
-def knowledge_qa(w: World, rng: random.Random, n: int) -> list[dict]:
-    out = []
-    for _ in range(n):
-        e = rng.choice(w.all())
-        r = rng.choice(relations_of(GROUP[e.kind]))
-        lang = rng.choice(LANGS)
-        q, _ = qa_pair(w, e, r, lang, rng, heldout=True)
-        a = answer(r, e, w, lang)
-        out.append({"task": "knowledge_qa", "lang": lang, "messages": _user(q), "reference_answer": a,
-                    "answers": [a], "scorer": "contains_match"})
-    return out
-
-
-def retrieval_qa(w: World, rng: random.Random, n: int) -> list[dict]:
-    """Questions about held-out entities, which no training text mentions: closed-book the model can only
-    guess; with retrieval, the answer is in the library's article about the entity (`gold_docs`)."""
-    from chatforge.world.library import doc_id
-
-    pool = [e for e in w.all(include_heldout=True) if e.heldout]
+def _qa_items(w: World, rng: random.Random, n: int, pool: list, task: str, gold_doc=None) -> list[dict]:
+    """Questions (held-out phrasings) about entities of `pool`; `gold_doc(entity, lang)`: the id of the
+    document that answers it, when there is one."""
     out = []
     for _ in range(n):
         e = rng.choice(pool)
@@ -62,9 +47,23 @@ def retrieval_qa(w: World, rng: random.Random, n: int) -> list[dict]:
         lang = rng.choice(LANGS)
         q, _ = qa_pair(w, e, r, lang, rng, heldout=True)
         a = answer(r, e, w, lang)
-        out.append({"task": "retrieval_qa", "lang": lang, "messages": _user(q), "reference_answer": a,
-                    "answers": [a], "scorer": "contains_match", "gold_docs": [doc_id(e, lang)]})
+        item = {"task": task, "lang": lang, "messages": _user(q), "reference_answer": a, "answers": [a],
+                "scorer": "contains_match"}
+        if gold_doc is not None:
+            item["gold_docs"] = [gold_doc(e, lang)]
+        out.append(item)
     return out
+
+
+def knowledge_qa(w: World, rng: random.Random, n: int) -> list[dict]:
+    return _qa_items(w, rng, n, w.all(), "knowledge_qa")
+
+
+def retrieval_qa(w: World, rng: random.Random, n: int) -> list[dict]:
+    """Questions about held-out entities, which no training text mentions: closed-book the model can only
+    guess; with retrieval, the answer is in the library's article about the entity (`gold_docs`)."""
+    pool = [e for e in w.all(include_heldout=True) if e.heldout]
+    return _qa_items(w, rng, n, pool, "retrieval_qa", doc_id)
 
 
 def knowledge_mc(w: World, rng: random.Random, n: int) -> list[dict]:

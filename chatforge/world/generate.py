@@ -66,6 +66,16 @@ def labeler_agreement(records: list[dict]) -> float | None:
     return agree / total if total else None
 
 
+def part_rng(seed: int, part: str) -> random.Random:
+    """The random stream of one part of the world: independent streams, so changing one part never shifts another."""
+    return random.Random(f"{seed}-{part}")
+
+
+def world_moderation(w, seed: int, size: str) -> list[dict]:
+    """The world's moderation records (also what `safety.moderation` regenerates when the file is missing)."""
+    return moderation_examples(w, part_rng(seed, "moderation"), MODERATION_EXAMPLES[size])
+
+
 def generate_world(run_dir: str | Path, seed: int = 0, size: str = "tiny", labeler_noise: float = LABELER_NOISE,
                    labelers: int = LABELERS) -> Path:
     """Write the world into `run_dir/world` and return that folder."""
@@ -76,8 +86,8 @@ def generate_world(run_dir: str | Path, seed: int = 0, size: str = "tiny", label
     spec = SIZES[size]
     w = build_world(seed, spec)
 
-    def rng(part: str) -> random.Random:  # independent streams: changing one part never shifts another
-        return random.Random(f"{seed}-{part}")
+    def rng(part: str) -> random.Random:
+        return part_rng(seed, part)
 
     docs = corpus.pretraining_documents(w, rng("corpus"), spec["docs"], NOISE_FRACTION)
     sft = chat_data.sft_examples(w, rng("sft"), spec["sft"])
@@ -87,7 +97,7 @@ def generate_world(run_dir: str | Path, seed: int = 0, size: str = "tiny", label
     prompts = chat_data.rl_prompts(w, rng("prompts"), spec["prompts"], exclude=sft_users)
     evals = evalsets.eval_items(w, rng("eval"), spec["eval"])
     articles = library.library_documents(w, rng("library"))
-    moderation = moderation_examples(w, rng("moderation"), MODERATION_EXAMPLES[size])
+    moderation = world_moderation(w, seed, size)
 
     training_texts = [d["text"] for d in docs]
     training_texts += [m["content"] for ex in sft for m in ex["messages"]]

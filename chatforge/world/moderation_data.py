@@ -43,6 +43,7 @@ from chatforge.world.chat_data import (
     review_text,
 )
 from chatforge.world.corpus import entity_sentences, join
+from chatforge.world.decontam import units as _units
 from chatforge.world.entities import GROUP, World
 from chatforge.world.templates import fields, relations_of, statement_templates
 
@@ -498,13 +499,8 @@ def _world_request(w: World, rng: random.Random, lang: str) -> str:
             else f"从这句话中提取时间、地点和人物，用 JSON 输出。\n\n{text}")
 
 
-_UNIT = re.compile(r"[a-z]+|\d+|[\u3400-\u9fff]")
 MASK = "qqentityqq"  # entity names -> one unit, so a paraphrase with another name still counts as near
 NEAR = {"en": 7, "zh": 8}  # units in a row (words; Han characters) that make a text too near an eval sentence
-
-
-def _units(text: str) -> list[str]:
-    return _UNIT.findall(text.lower())
 
 
 def _grams(units: list[str], n: int) -> set[tuple[str, ...]]:

@@ -22,16 +22,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from chatforge import ChatforgeError
-from chatforge.textio import list_text_files, read_text
+from chatforge.textio import list_text_files, nonblank_lines, read_text
 
 SUFFIXES = (".jsonl", ".parquet", ".txt", ".html", ".htm")
 
 
 def iter_file(f: Path, skipped: Counter, text_column: str = "text") -> Iterator[dict]:
     if f.suffix == ".jsonl":
-        for n, line in enumerate(read_text(f).split("\n"), 1):
-            if not line.strip():
-                continue
+        for n, line in nonblank_lines(f):
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError:
