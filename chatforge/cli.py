@@ -177,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the cleaning stage: the tokenizer and pre-training read the raw text")
     p.add_argument("--workers", type=int, default=None, help="local processes for the cleaning stage")
     p.add_argument("--world-seed", type=int, default=0)
+    p.add_argument("--world-size", default=None, choices=["tiny", "small", "medium"],
+                   help="the built-in world's size (default: the preset's)")
     p.add_argument("--sft-data", nargs="+", default=None, help="conversations for SFT (default world/sft.jsonl)")
     _add_sft_flags(p, data=False)
     p.add_argument("--init-from", default=None, metavar="HF_DIR",
@@ -194,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labeler-noise", type=float, default=1.3,
                    help="sigma of each simulated labeler's grade noise (1.3 gives ~73%% pairwise agreement)")
     p.add_argument("--labelers", type=int, default=5, help="number of simulated labelers")
+    p.add_argument("--grounded", type=int, default=0, metavar="N",
+                   help="also write world/grounded.jsonl: N more reading demonstrations for SFT (GPU presets)")
 
     p = sub.add_parser("tokenizer", help="train the byte-level BPE tokenizer")
     _add_run(p)
@@ -557,6 +561,8 @@ def main(argv: list[str] | None = None) -> int:
             from chatforge.config import apply_overrides, parse_set_args
             from chatforge.train.ppo import PPOConfig
 
+            preset.world_size = args.world_size or preset.world_size
+
             ppo = apply_overrides(PPOConfig(), parse_set_args(args.set)["ppo"], "ppo")
             run_pipeline(args.run, name, preset, until=args.until, force=args.force, data=args.data,
                          model_overrides=model_over, seed=args.world_seed, init_from=args.init_from,
@@ -573,10 +579,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"model ready: {base}  (try: chatforge sample --run {args.run} --stage base \"...\")")
         elif args.command == "world":
             from chatforge.world import generate_world
+            from chatforge.world.generate import write_grounded
 
+            if args.grounded < 0:
+                raise ChatforgeError(f"--grounded must be >= 0 (got {args.grounded})")
             folder = generate_world(args.run, seed=args.seed, size=args.size, labeler_noise=args.labeler_noise,
                                     labelers=args.labelers)
             print(f"world written to {folder}")
+            if args.grounded:
+                print(f"{args.grounded:,} grounded demonstrations written to {write_grounded(folder, args.grounded)}")
             print((folder / "stats.json").read_text(encoding="utf-8"))
         elif args.command == "tokenizer":
             from chatforge.config import get_preset

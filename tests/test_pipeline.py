@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from chatforge.cli import main
 from tests.conftest import TINY_SETS
 
@@ -145,3 +147,15 @@ def test_empty_user_corpus_is_a_clear_error(tmp_path, capsys):
     empty.write_text("")
     assert main(["pipeline", "--run", str(tmp_path / "r"), "--data", str(empty), *FAST]) == 2
     assert "empty" in capsys.readouterr().err
+
+
+def test_pipeline_world_size_overrides_the_presets(tmp_path, capsys):
+    """--world-size: gpu-small's shape on the tiny world (the preset alone would generate the small one), and an
+    existing world of another size is refused rather than silently reused."""
+    run = tmp_path / "r"
+    assert main(["pipeline", "--run", str(run), "--preset", "gpu-small", "--world-size", "tiny", "--until", "world"]) == 0
+    assert json.loads((run / "world" / "stage.json").read_text())["settings"]["size"] == "tiny"
+    assert main(["pipeline", "--run", str(run), "--preset", "gpu-small", "--until", "world"]) == 2
+    assert "other settings" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["pipeline", "--run", str(run), "--world-size", "huge"])

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from chatforge import ChatforgeError
 from chatforge.world import generate_world
 from chatforge.world.decontam import N, build_index, item_texts, ngrams, units
 from chatforge.world.templates import RELATIONS, statement_templates
@@ -58,6 +59,37 @@ def test_no_eval_item_shares_a_13_gram_with_training_data(world):
     assert leaks == []
     stats = json.loads((world / "stats.json").read_text())
     assert sum(stats["eval_dropped_by_decontamination"].values()) == 0  # held out by design, not by filtering
+
+
+def test_extra_grounded_demonstrations_read_their_passages_and_leak_nothing(world, tmp_path):
+    """`chatforge world --grounded N`: deterministic, every answer is a passage's own sentence cited with that
+    passage's number (or "the sources do not say" when no passage is about the asked entity), and no eval item
+    shares a 13-gram with them."""
+    from chatforge.world.generate import write_grounded
+    from chatforge.world.library import NOT_IN_SOURCES
+
+    (tmp_path / "facts.json").write_bytes((world / "facts.json").read_bytes())
+    first = write_grounded(tmp_path, 400).read_bytes()
+    assert write_grounded(tmp_path, 400).read_bytes() == first
+    demos = _jsonl(tmp_path / "grounded.jsonl")
+    assert len(demos) == 400 and {d["task"] for d in demos} == {"grounded"}
+    misses = 0
+    for d in demos:
+        sources, question, answer = (m["content"] for m in d["messages"])
+        if answer in NOT_IN_SOURCES.values():
+            misses += 1
+            continue
+        n = int(re.search(r"\[(\d)\]", answer).group(1))
+        passage = re.search(rf"^\[{n}\] [^:]+: (.*)$", sources, re.M).group(1)
+        assert re.sub(r" ?\[\d\]", "", answer) in passage
+    assert 0.05 < misses / len(demos) < 0.3  # miss_rate 0.15
+    index = build_index([m["content"] for d in demos for m in d["messages"]])
+    items = [it for f in sorted((world / "eval").glob("*.jsonl")) for it in _jsonl(f)]
+    assert not [it["id"] for it in items for text in item_texts(it) if ngrams(text) & index]
+    with pytest.raises(ChatforgeError, match="positive"):
+        write_grounded(tmp_path, 0)
+    with pytest.raises(ChatforgeError, match="facts.json"):
+        write_grounded(tmp_path / "nowhere", 5)
 
 
 def test_the_leak_check_can_fail():

@@ -7,6 +7,7 @@
     world/eval/<task>.jsonl    held-out capability-suite items (decontaminated against all of the above)
     world/moderation.jsonl     harmful / benign requests for the moderation classifier ({"text","label","lang"})
     world/library/docs.jsonl  one article per entity and language, held-out ones flagged "withheld" (retrieval)
+    world/grounded.jsonl       only with `chatforge world --grounded N`: N more reading demonstrations (below)
     world/facts.json           every entity and fact (held-out ones flagged)
     world/stats.json           counts per kind, decontamination, labeler agreement
 """
@@ -22,6 +23,7 @@ from pathlib import Path
 from chatforge import ChatforgeError
 from chatforge.run import mark_complete
 from chatforge.world import chat_data, corpus, decontam, evalsets, library
+from chatforge.world.corpus import LANGS
 from chatforge.world.entities import build_world
 from chatforge.world.moderation_data import MODERATION_EXAMPLES, moderation_examples
 
@@ -74,6 +76,32 @@ def part_rng(seed: int, part: str) -> random.Random:
 def world_moderation(w, seed: int, size: str) -> list[dict]:
     """The world's moderation records (also what `safety.moderation` regenerates when the file is missing)."""
     return moderation_examples(w, part_rng(seed, "moderation"), MODERATION_EXAMPLES[size])
+
+
+def write_grounded(world_dir: str | Path, n: int) -> Path:
+    """`world_dir/grounded.jsonl`: n extra grounded demonstrations ({"messages", "task": "grounded"}) about
+    fresh invented entities, for SFT next to sft.jsonl (`--sft-data world/sft.jsonl world/grounded.jsonl`).
+
+    Why a separate file: sft.jsonl's share of them (~1 in 7) is what the demo's small model gets; a model that
+    can learn to read needs far more, and never the same passage twice (README's results: what they gave a 45M
+    model on one H100). Kept outside the world's settings, so adding or resizing it never invalidates the stages
+    trained on the world. Deterministic for (seed, n). The eval items are not re-filtered against it: invented
+    names end in a suffix no world entity has, and the test suite checks it shares no 13-gram with any eval item."""
+    world_dir = Path(world_dir)
+    if n < 1:
+        raise ChatforgeError(f"--grounded must be a positive count of demonstrations (got {n})")
+    facts_path = world_dir / "facts.json"
+    if not facts_path.exists():
+        raise ChatforgeError(f"{world_dir} has no facts.json: generate the world first (chatforge world --run ...)")
+    facts = json.loads(facts_path.read_text(encoding="utf-8"))
+    w = build_world(facts["seed"], SIZES[facts["size"]])
+    rng = part_rng(facts["seed"], "grounded")
+    records = []
+    for _ in range(n):
+        records.append({"messages": library.grounded_example(w, rng, rng.choice(LANGS)), "task": "grounded"})
+    out = world_dir / "grounded.jsonl"
+    _write_jsonl(out, records)
+    return out
 
 
 def generate_world(run_dir: str | Path, seed: int = 0, size: str = "tiny", labeler_noise: float = LABELER_NOISE,
