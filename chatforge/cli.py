@@ -318,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="answer chat requests from the run's retrieval index (`chatforge index`) unless a request "
                         "says \"retrieval\": false; without it a request can still ask with \"retrieval\": true")
     p.add_argument("--retrieval-k", type=int, default=3, help="passages put into each grounded prompt")
+    p.add_argument("--calculator", action="store_true",
+                   help="answer the model's <<calc: EXPR>> calls in chat requests (a request's \"calculator\": "
+                        "true / false overrides)")
     p.add_argument("--moderation", choices=["off", "input", "output", "both"], default=None,
                    help="moderate chat questions / answers (finish_reason content_filter); default: both when the "
                         "run has a trained moderator (`chatforge moderation train`), else off")
@@ -538,6 +541,7 @@ def _cmd_serve(args) -> None:
 
     opts = ServeOptions(api_key=args.api_key, max_queue=args.max_queue, max_tokens_limit=args.max_tokens_limit,
                         max_body_bytes=args.max_body_bytes, retrieval=args.retrieval, retrieval_k=args.retrieval_k,
+                        calculator=args.calculator,
                         moderation=args.moderation, moderation_threshold=args.moderation_threshold,
                         moderation_optout=args.moderation_allow_optout)
     if args.model_name:

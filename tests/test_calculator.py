@@ -90,3 +90,29 @@ def test_the_tool_loop_caps_calls():
     model = ScriptedModel([[(1, "<<calc: 1+1", True)] * 3 + [(1, ".", False)]])
     (c,) = generate_with_calculator(model, [[1]], SamplingParams(max_tokens=100), max_calls=2)
     assert c.text == "<<calc: 1+1>>2<<calc: 1+1>>2<<calc: 1+1>>error: more than 2 calls."
+
+
+def test_the_servers_engine_loop_goes_on_under_the_same_key_or_stops_when_the_context_is_full():
+    """scheduler._calculator_round: a round stopped at an open call is re-queued under its key with the value
+    appended (the event is not final and carries the value as text); with no context left the answer ends
+    there, value included, as "length"."""
+    from types import SimpleNamespace
+
+    from chatforge.serve.scheduler import _calculator_round
+    from chatforge.tools.loop import CalculatorAnswer
+
+    added = []
+    batch = SimpleNamespace(add=lambda key, prompt, sp: added.append((key, prompt, sp)))
+
+    def finished_round(ctx, prompt):
+        engine = SimpleNamespace(tok=_Tok(), model=SimpleNamespace(cfg=SimpleNamespace(max_seq_len=ctx)))
+        tools = {7: CalculatorAnswer(prompt, SamplingParams(max_tokens=50))}
+        c = Completion(prompt, [1, 2, 3], "x <<calc: 6*7", "stop", stop_string=">>")
+        return _calculator_round(engine, batch, tools, StreamEvent(7, "7", [3], finished=True, completion=c)), tools
+
+    ev, tools = finished_round(100, [1])
+    assert not ev.finished and ev.delta == "7>>42" and 7 in tools
+    assert added == [(7, [1, *b"x <<calc: 6*7>>42"], added[0][2])] and added[0][2].max_tokens == 47
+    ev, tools = finished_round(len(b"x <<calc: 6*7>>42") + 1, [1])  # the next round's prompt would fill it
+    assert ev.finished and ev.completion.finish_reason == "length" and ev.completion.text == "x <<calc: 6*7>>42"
+    assert tools == {} and len(added) == 1

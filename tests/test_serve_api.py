@@ -392,3 +392,75 @@ def test_a_dead_engine_process_is_a_503_not_a_hang(served_run):
             time.sleep(0.05)
         _assert_error(c.post("/v1/chat/completions", json={"messages": MSG, "max_tokens": 3}), 503,
                       code="engine_unavailable")
+
+
+class _ScriptedBatch:
+    """Stands in for the engine's running batch: a first round writes "It is <<calc: 6*7" (stopping at ">>"
+    when asked to), a round whose prompt already holds the tool's value writes " so 42.", one token per
+    character, so the server's rounds, streaming and usage can be checked exactly."""
+
+    def __init__(self, tok, seen):
+        self.tok, self.seen, self.rows = tok, seen, {}
+
+    @property
+    def busy(self):
+        return bool(self.rows)
+
+    @property
+    def running(self):
+        return len(self.rows)
+
+    def add(self, key, prompt, params):
+        self.seen.append((key, list(prompt), params))
+        answered = self.tok.decode(prompt).endswith("<<calc: 6*7>>42")
+        piece, stop = (" so 42.", None) if answered else ("It is <<calc: 6*7", ">>" if ">>" in params.stop else None)
+        self.rows[key] = [prompt, piece, 0, stop]
+
+    def cancel(self, key):
+        return self.rows.pop(key, None) is not None
+
+    def step(self):
+        from chatforge.engine import Completion, StreamEvent
+
+        events = []
+        for key, row in list(self.rows.items()):
+            prompt, piece, done, stop = row
+            row[2] = done + 1
+            if row[2] < len(piece):
+                events.append(StreamEvent(key, piece[done], [100 + done]))
+                continue
+            del self.rows[key]
+            ids = [100 + i for i in range(len(piece))]
+            events.append(StreamEvent(key, piece[done], [100 + done], finished=True, completion=Completion(
+                list(prompt), ids, piece, "stop", stop_string=stop)))
+        return events
+
+
+def test_the_calculator_answers_tool_calls_in_chat_requests(served_run, monkeypatch):
+    """--calculator / "calculator": the model's <<calc: 6*7 call gets ">>42" and the model goes on from there
+    (the next round's prompt holds the value) — in one answer, streamed or not, with usage counting every round
+    the model wrote; off, the answer ends at the call; logprobs and a non-boolean flag are 400s."""
+    from fastapi.testclient import TestClient
+
+    from chatforge.engine import Engine
+    from chatforge.serve.app import ServeOptions, build_server
+
+    seen = []
+    monkeypatch.setattr(Engine, "batch", lambda self, n_rows=None: _ScriptedBatch(self.tok, seen))
+    srv = build_server(served_run, "base", engine_in_thread=True, feedback=False, opts=ServeOptions(calculator=True))
+    body = {"messages": [{"role": "user", "content": "What is 6 times 7?"}], "max_tokens": 100}
+    with TestClient(srv.app) as c:
+        out = c.post("/v1/chat/completions", json=body).json()
+        assert out["choices"][0]["message"]["content"] == "It is <<calc: 6*7>>42 so 42."
+        assert out["choices"][0]["finish_reason"] == "stop"
+        assert out["usage"]["completion_tokens"] == len("It is <<calc: 6*7") + len(" so 42.")
+        (_, first, p1), (_, second, p2) = seen
+        assert second == first + srv.tok.encode("It is <<calc: 6*7>>42")  # the model reads the tool's value
+        assert ">>" in p1.stop and p2.max_tokens == 100 - len("It is <<calc: 6*7")
+        events = sse_events(c.post("/v1/chat/completions", json=dict(body, stream=True)))
+        text = "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1] if e["choices"])
+        assert text == "It is <<calc: 6*7>>42 so 42." and events[-2]["choices"][0]["finish_reason"] == "stop"
+        off = c.post("/v1/chat/completions", json=dict(body, calculator=False)).json()
+        assert off["choices"][0]["message"]["content"] == "It is <<calc: 6*7"
+        _assert_error(c.post("/v1/chat/completions", json=dict(body, logprobs=True)), 400, param="logprobs")
+        _assert_error(c.post("/v1/chat/completions", json=dict(body, calculator="yes")), 400)

@@ -68,6 +68,7 @@ class ServeOptions:
     default_max_tokens: int | None = None  # chat without max_tokens: the rest of the context, capped here
     retrieval: bool = False  # chat requests answer from the run's index unless they say retrieval: false
     retrieval_k: int = 3  # passages put into the prompt
+    calculator: bool = False  # chat requests' <<calc: EXPR>> calls get their values unless they say calculator: false
     # moderation of chat completions (chatforge.safety.moderation): off | input | output | both; None: both when
     # the run has a trained moderator, else off. A threshold overrides the moderator's validated one.
     moderation: str | None = None
@@ -332,9 +333,9 @@ class Server:
         except PromptError as e:
             raise ApiError(400, str(e), param, e.code) from None
 
-    def _submit(self, prompts: list[list[int]], params: list[SamplingParams]) -> Ticket:
+    def _submit(self, prompts: list[list[int]], params: list[SamplingParams], calculator: bool = False) -> Ticket:
         try:
-            return self.scheduler.submit(prompts, params, asyncio.get_running_loop())
+            return self.scheduler.submit(prompts, params, asyncio.get_running_loop(), calculator=calculator)
         except QueueFull as e:
             raise ApiError(429, str(e), code="queue_full") from None
         except SchedulerStopped as e:
@@ -427,6 +428,11 @@ class Server:
         prompt = self._encode_chat(msgs)
         self._check_prompt(prompt, "messages")
         n_top = req.logprob_count()
+        calculator = req.calculator if req.calculator is not None else self.opts.calculator
+        if calculator and n_top is not None:
+            # the answer holds text the model didn't write (the tool's values): no per-token logprobs to give
+            raise ApiError(400, "logprobs: not available with the calculator (send \"calculator\": false)",
+                           "logprobs")
         max_tokens = self._max_tokens(req.requested_max_tokens(), len(prompt),
                                       "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens")
         params = [req.sampling(max_tokens, n_top, j) for j in range(req.n)]
@@ -445,7 +451,7 @@ class Server:
             if verdict["flagged"]:
                 return self._refuse(req, prompt, question, verdict, record)
         mod_info = {"input": verdict} if check_in else None
-        ticket = self._submit([prompt] * req.n, params)
+        ticket = self._submit([prompt] * req.n, params, calculator)
         cid, created, model = new_id("chatcmpl"), now(), self.opts.model_name
         if not req.stream:
             comps = await self._collect(ticket, request)

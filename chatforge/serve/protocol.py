@@ -100,6 +100,9 @@ class ChatRequest(_Sampling):
     # chatforge's own: false switches moderation off for this request (only with --moderation-allow-optout); strict,
     # so "no" is a 400 rather than read as false
     moderation: StrictBool | None = None
+    # chatforge's own: the calculator answers the model's <<calc: EXPR>> calls (None: the server's --calculator);
+    # strict like moderation
+    calculator: StrictBool | None = None
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens

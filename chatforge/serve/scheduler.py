@@ -5,7 +5,7 @@ client goes away.
     sched = Scheduler.subprocess(EngineSpec(run, "sft", "cuda", max_batch=16), tok, max_queue=64)
     sched = Scheduler.in_thread(engine, max_queue=64)            # same API, engine in this process
     sched.start()
-    ticket = sched.submit([prompt_ids], [SamplingParams(...)], loop)   # raises QueueFull
+    ticket = sched.submit([prompt_ids], [SamplingParams(...)], loop)   # raises QueueFull; calculator=True: tool
     async for ev in ticket.events(): ...                                # StreamEvent, in order
     sched.cancel(ticket)                                                # frees its rows
 
@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from chatforge import ChatforgeError
 from chatforge.engine import Engine, SamplingParams, StreamEvent, check_prompt
 from chatforge.tokenizer import Tokenizer
+from chatforge.tools.loop import CalculatorAnswer
 
 
 class QueueFull(ChatforgeError):
@@ -103,32 +104,57 @@ class Ticket:
 
 def engine_loop(engine: Engine, next_commands, emit) -> None:
     """Step the running batch while it has work; between steps apply commands ("add" [(key, prompt,
-    params)], "cancel" [keys], "stop"). `next_commands(block)` returns a list (waiting when `block`);
-    `emit(events, running, fault)` reports each step."""
+    params, calculator)], "cancel" [keys], "stop"). `next_commands(block)` returns a list (waiting when
+    `block`); `emit(events, running, fault)` reports each step."""
     batch = engine.batch()
+    tools: dict[int, CalculatorAnswer] = {}  # keys whose <<calc: ...>> calls the calculator answers
     while True:
         for kind, payload in next_commands(not batch.busy):
             if kind == "stop":
                 return
             if kind == "add":
-                for key, prompt, sp in payload:
+                for key, prompt, sp, calculator in payload:
+                    if calculator:
+                        tools[key] = CalculatorAnswer(prompt, sp)
+                        sp = tools[key].round_params()
                     batch.add(key, prompt, sp)
             elif kind == "cancel":
                 for key in payload:
                     batch.cancel(key)
+                    tools.pop(key, None)
                 if not batch.busy:  # nothing will step: report the emptied batch now
                     emit([], 0, None)
         if not batch.busy:
             continue
         try:
             events = batch.step()
+            if tools:
+                events = [_calculator_round(engine, batch, tools, ev) for ev in events]
         except Exception as e:  # a real fault: fail the requests in flight, keep serving new ones
             detail = "".join(traceback.format_exception_only(type(e), e)).strip()
             traceback.print_exc()
-            batch = engine.batch()
+            batch, tools = engine.batch(), {}
             emit([], 0, detail)
             continue
         emit(events, batch.running, None)
+
+
+def _calculator_round(engine: Engine, batch, tools: dict[int, CalculatorAnswer], ev: StreamEvent) -> StreamEvent:
+    """A finished round of a calculator answer stopped at an open call: append the tool's value (sent to the
+    client as part of this event's text) and queue the next round under the same key, so the request's
+    ticket, cancellation and streaming never see the rounds. Otherwise the event, with the whole answer."""
+    answer = tools.get(ev.index)
+    if answer is None or not ev.finished:
+        return ev
+    tool = answer.take(ev.completion)
+    prompt = answer.round_prompt(engine.tok) if tool is not None else None
+    if tool is None or len(prompt) >= engine.model.cfg.max_seq_len:  # done, or no room left to go on
+        del tools[ev.index]
+        final = answer.final(ev.completion)
+        return dataclasses.replace(ev, completion=final if tool is None else dataclasses.replace(
+            final, finish_reason="length"))
+    batch.add(ev.index, prompt, answer.round_params())
+    return dataclasses.replace(ev, finished=False, completion=None, delta=ev.delta + tool)
 
 
 def _engine_process_main(spec: EngineSpec, conn) -> None:
@@ -247,8 +273,9 @@ class Scheduler:
         return sum(n for _, n in recent) / span
 
     def submit(self, prompts: list[list[int]], params: list[SamplingParams],
-               loop: asyncio.AbstractEventLoop) -> Ticket:
-        """Queue sequences (validated here, so the engine never sees a bad request)."""
+               loop: asyncio.AbstractEventLoop, calculator: bool = False) -> Ticket:
+        """Queue sequences (validated here, so the engine never sees a bad request). `calculator`: the
+        engine answers the model's <<calc: EXPR>> calls (tools/loop.py) and generates on, in the same ticket."""
         if self._stop or self.fault:
             raise SchedulerStopped(f"the generation engine is not running{': ' + self.fault if self.fault else ''}")
         for i, (p, sp) in enumerate(zip(prompts, params)):
@@ -262,7 +289,7 @@ class Scheduler:
             self.prompt_tokens += sum(len(p) for p in prompts)
             for pos, key in enumerate(ticket.keys):
                 self._tickets[key] = (ticket, pos)
-        self._send(("add", list(zip(ticket.keys, prompts, params))))
+        self._send(("add", [(k, p, sp, calculator) for k, p, sp in zip(ticket.keys, prompts, params)]))
         return ticket
 
     def cancel(self, ticket: Ticket) -> None:

@@ -3,19 +3,20 @@
     comps = generate_with_calculator(engine, prompts, params)   # like engine.generate, values filled in
     for ev in stream_with_calculator(engine, prompt, params):   # like engine.stream for one prompt
         print(ev.delta, end="")
+    answer = CalculatorAnswer(prompt, params)                   # the state between rounds, for other loops
 
 Each request generates with ">>" as an extra stop string. When it stops there inside an open call, the
 calculator's answer (">>VALUE", tools/calculator.py) is appended to the answer so far and generation goes
 on from prompt + answer, with the tokens already spent taken off `max_tokens`; a ">>" outside a call is
 kept as text. At most `max_calls` calls per answer (later calls are closed with an error the model sees).
 The final completion holds the whole answer (`text`, tool output included), the last round's finish
-reason and that round's `token_ids`.
+reason and every round's generated `token_ids` (the tool's text is not among them: the model didn't write it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 from chatforge.engine import Completion, Engine, SamplingParams, StreamEvent
 from chatforge.tools.calculator import CALL_END, answer_open_call
@@ -33,30 +34,59 @@ def _tool_text(text: str, c: Completion, params: SamplingParams, calls: int, max
     return tool if calls < max_calls else f"{CALL_END}error: more than {max_calls} calls"
 
 
-def _round_params(params: SamplingParams, spent: int) -> SamplingParams:
-    return replace(params, stop=[*params.stop, CALL_END], max_tokens=params.max_tokens - spent)
+@dataclass
+class CalculatorAnswer:
+    """One answer generated in rounds with the tool: what every caller of the loop keeps between rounds
+    (the batched and streamed loops below, and the server's engine loop)."""
+    prompt: list[int]
+    params: SamplingParams
+    max_calls: int = MAX_CALLS
+    text: str = ""
+    ids: list[int] = field(default_factory=list)  # the model's tokens over all rounds
+    calls: int = 0
+
+    @property
+    def spent(self) -> int:
+        return len(self.ids)
+
+    def round_prompt(self, tok) -> list[int]:
+        """The prompt of the next round: the question and the answer so far, tool values included."""
+        return self.prompt + (tok.encode(self.text) if self.text else [])
+
+    def round_params(self) -> SamplingParams:
+        """The request's settings with ">>" as a stop and the tokens already spent taken off max_tokens."""
+        return replace(self.params, stop=[*self.params.stop, CALL_END], max_tokens=self.params.max_tokens - self.spent)
+
+    def take(self, c: Completion) -> str | None:
+        """Take a finished round; the tool text to append before the next round, or None: the answer is done."""
+        self.text, self.ids = self.text + c.text, self.ids + list(c.token_ids)
+        tool = _tool_text(self.text, c, self.params, self.calls, self.max_calls)
+        if tool is None or self.spent >= self.params.max_tokens:
+            return None
+        self.text, self.calls = self.text + tool, self.calls + 1
+        return tool
+
+    def final(self, c: Completion) -> Completion:
+        """The last round's completion carrying the whole answer."""
+        return replace(c, prompt_ids=self.prompt, text=self.text, token_ids=list(self.ids))
 
 
 def generate_with_calculator(engine: Engine, prompts: list[list[int]], params: SamplingParams | list[SamplingParams],
                              max_calls: int = MAX_CALLS) -> list[Completion]:
     """engine.generate with the tool: every round generates all unfinished answers in one batched call."""
     params = params if isinstance(params, list) else [params] * len(prompts)
-    texts, spent, calls = [""] * len(prompts), [0] * len(prompts), [0] * len(prompts)
+    answers = [CalculatorAnswer(p, sp, max_calls) for p, sp in zip(prompts, params)]
     done: dict[int, Completion] = {}
     todo = list(range(len(prompts)))
     while todo:
-        comps = engine.generate([prompts[i] + (engine.tok.encode(texts[i]) if texts[i] else []) for i in todo],
-                                [_round_params(params[i], spent[i]) for i in todo])
+        comps = engine.generate([answers[i].round_prompt(engine.tok) for i in todo],
+                                [answers[i].round_params() for i in todo])
         again = []
         for i, c in zip(todo, comps):
-            texts[i] += c.text
-            spent[i] += len(c.token_ids)
-            tool = _tool_text(texts[i], c, params[i], calls[i], max_calls)
-            if tool is not None and spent[i] < params[i].max_tokens:
-                texts[i], calls[i] = texts[i] + tool, calls[i] + 1
-                again.append(i)
+            if answers[i].take(c) is None:
+                done[i] = answers[i].final(c)
             else:
-                done[i] = replace(c, prompt_ids=prompts[i], text=texts[i])
+                again.append(i)
         todo = again
     return [done[i] for i in range(len(prompts))]
 
@@ -64,17 +94,14 @@ def generate_with_calculator(engine: Engine, prompts: list[list[int]], params: S
 def stream_with_calculator(engine: Engine, prompt: list[int], params: SamplingParams,
                            max_calls: int = MAX_CALLS) -> Iterator[StreamEvent]:
     """engine.stream for one prompt with the tool: the tool's text arrives as deltas like the model's."""
-    text, spent, calls = "", 0, 0
+    answer = CalculatorAnswer(prompt, params, max_calls)
     while True:
-        for ev in engine.stream([prompt + (engine.tok.encode(text) if text else [])], _round_params(params, spent)):
+        for ev in engine.stream([answer.round_prompt(engine.tok)], answer.round_params()):
             if not ev.finished:
                 yield ev
                 continue
-            c = ev.completion
-            text, spent = text + c.text, spent + len(c.token_ids)
-            tool = _tool_text(text, c, params, calls, max_calls)
-            if tool is None or spent >= params.max_tokens:
-                yield replace(ev, completion=replace(c, prompt_ids=prompt, text=text))
+            tool = answer.take(ev.completion)
+            if tool is None:
+                yield replace(ev, completion=answer.final(ev.completion))
                 return
             yield replace(ev, finished=False, completion=None, delta=ev.delta + tool)
-            text, calls = text + tool, calls + 1
