@@ -4,4 +4,4 @@
 # moderation), by key suffix: the suite's table and the report card print them; here, free of torch, so the
 # report can read it without loading a model stack
 RATE_KEYS = ("_harmful", "_benign", "_nonexistent", "_real", "retrieval_recall", "answers_citing",
-             "citation_precision", "cited_and_right", "_other_prompts")
+             "citation_precision", "cited_and_right", "_other_prompts", "in_context_copying")

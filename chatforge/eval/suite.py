@@ -7,7 +7,8 @@ get each item's conversation through the chat template and answer until <|end|>.
 "Question: ... / Answer: <reference answer>" (the form of the world's worked problems), then the item, and
 the model continues after "Answer:" until a blank line or the next "Question:". Decoding is greedy.
 `bpb` is bits per byte of held-out text and `knowledge_mc` picks the likeliest of 4 statements (chance
-25%), both from log-likelihood, so they measure a base model without relying on its prompt-following.
+25%), both from log-likelihood, so they measure a base model without relying on its prompt-following; the
+bpb row also carries `in_context_copying` (eval/copying.py: can the model copy what it just read?).
 Writes `<run>/eval/<stage>.json` and prints a table.
 """
 
@@ -26,6 +27,7 @@ from chatforge import ChatforgeError
 from chatforge.engine import Engine, SamplingParams
 from chatforge.eval import RATE_KEYS
 from chatforge.eval.consistency import SC_TASKS, self_consistent_answers
+from chatforge.eval.copying import copy_probe
 from chatforge.eval.rag import RAG_TASKS, rag_row
 from chatforge.eval.scorers import bits_per_byte, is_refusal, rate, says_unknown, scored_row, split_rates
 from chatforge.model import GPT, load_model
@@ -226,7 +228,8 @@ def score_model(run: Path, model: GPT, tok: Tokenizer, chat: bool, tasks: list[s
         if task == "bpb":
             nll = sum(text_nll(model, tok, it["text"]) for it in items)
             n_bytes = sum(len(it["text"].encode("utf-8")) for it in items)
-            results["tasks"][task] = {"score": bits_per_byte(nll, n_bytes), "n": len(items), "metric": METRIC[task]}
+            results["tasks"][task] = {"score": bits_per_byte(nll, n_bytes), "n": len(items), "metric": METRIC[task],
+                                      **copy_probe(model, tok)}  # with the model-only figure: can it copy?
             continue
         if task == "knowledge_mc":  # the likeliest statement wins; the same for base and chat models
             right = [min(range(len(it["choices"])), key=lambda i, it=it: text_nll(model, tok, it["choices"][i]))
