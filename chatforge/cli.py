@@ -191,13 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("world", help="generate the built-in bilingual world")
     _add_run(p)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", default="tiny", help="tiny | small | medium")
+    p.add_argument("--seed", type=int, default=None, help="default 0")
+    p.add_argument("--size", default=None, help="tiny (default) | small | medium")
     p.add_argument("--labeler-noise", type=float, default=1.3,
                    help="sigma of each simulated labeler's grade noise (1.3 gives ~73%% pairwise agreement)")
     p.add_argument("--labelers", type=int, default=5, help="number of simulated labelers")
     p.add_argument("--grounded", type=int, default=0, metavar="N",
-                   help="also write world/grounded.jsonl: N more reading demonstrations for SFT (GPU presets)")
+                   help="also write world/grounded.jsonl: N more reading demonstrations for SFT (GPU presets); "
+                        "on a run whose world exists, only that file is written")
 
     p = sub.add_parser("tokenizer", help="train the byte-level BPE tokenizer")
     _add_run(p)
@@ -582,12 +583,23 @@ def main(argv: list[str] | None = None) -> int:
             elif (base / "model.safetensors").exists():
                 print(f"model ready: {base}  (try: chatforge sample --run {args.run} --stage base \"...\")")
         elif args.command == "world":
+            from chatforge.run import is_complete, stage_dir
             from chatforge.world import generate_world
             from chatforge.world.generate import write_grounded
 
             if args.grounded < 0:
                 raise ChatforgeError(f"--grounded must be >= 0 (got {args.grounded})")
-            folder = generate_world(args.run, seed=args.seed, size=args.size, labeler_noise=args.labeler_noise,
+            folder = stage_dir(args.run, "world")
+            if args.grounded and is_complete(folder):  # add to the world the run's stages were trained on
+                made = json.loads((folder / "facts.json").read_text(encoding="utf-8"))
+                asked = {"seed": args.seed, "size": args.size}
+                if any(v is not None and v != made[k] for k, v in asked.items()):
+                    raise ChatforgeError(f"{folder} was made with seed {made['seed']}, size {made['size']}: "
+                                         "--grounded adds to it (drop --seed / --size, or use another --run)")
+                print(f"{args.grounded:,} grounded demonstrations written to {write_grounded(folder, args.grounded)}")
+                return 0
+            folder = generate_world(args.run, seed=args.seed if args.seed is not None else 0,
+                                    size=args.size or "tiny", labeler_noise=args.labeler_noise,
                                     labelers=args.labelers)
             print(f"world written to {folder}")
             if args.grounded:

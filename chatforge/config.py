@@ -2,7 +2,7 @@
 
 A preset bundles the model shape, the tokenizer size and the training hyper-parameters:
 - `tiny`: trains in minutes on a 2-core CPU (the `make demo` default).
-- `gpu-small`: a ~45M-parameter Llama-style model for one GPU.
+- `gpu-small`: a 40M-parameter Llama-style model for one GPU (40.4M with its 16,384-id vocabulary).
 - `gpt2-124m`: the GPT-2 small shape, 0.5M-token global batch, for 8 GPUs via torchrun.
 
 Any field can be overridden on the command line: dedicated flags (`--max-steps 50`) or generic
@@ -95,7 +95,7 @@ def _presets() -> dict[str, Preset]:
             # SFT selection kept step 250 of 1,500. Hence ~13 epochs and SFT checkpoints every 100 steps.
             train=TrainConfig(max_steps=800, batch_size=32, seq_len=1024, lr=1e-3, warmup_steps=100,
                               eval_every=100, save_every=200, compile=True),
-            vocab_size=16384, world_size="small", notes="one GPU, ~45M params",
+            vocab_size=16384, world_size="small", notes="one GPU, 40M params",
             sft=TrainConfig(max_steps=500, batch_size=32, seq_len=1024, lr=2e-4, warmup_steps=50, weight_decay=0.0,
                             eval_every=100, save_every=100, compile=True)),
         "gpt2-124m": Preset(

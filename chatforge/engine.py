@@ -385,9 +385,10 @@ class GenerationBatch:
     def running(self) -> int:
         return len(self.active)
 
-    def add(self, key: int, prompt: list[int], params: SamplingParams) -> None:
+    def add(self, key: int, prompt: list[int], params: SamplingParams, front: bool = False) -> None:
+        """Queue a request; `front`: ahead of the others waiting (an answer that is already under way)."""
         self.engine.check_prompt(prompt, params, f"prompt {key}")
-        self.waiting.append((key, list(prompt), params))
+        self.waiting.insert(0 if front else len(self.waiting), (key, list(prompt), params))
 
     def cancel(self, key: int) -> bool:
         """Forget request `key` (waiting or running); its row is free for the next request."""

@@ -25,6 +25,8 @@ def test_arithmetic(expr, value):
     "'a' * 3", "1 < 2", "lambda: 1", "print(1)", "True + 1", "1 if 1 else 2", "{1: 2}", "1; 2", "",
     "2 ** 1000", "2 ** 0.5", "9" * 61 + " + 1", "-" * 40 + "1", "1 +", "1 / 0", "5 % 0", "0 ** -1",
     "1" + " + 1" * 200, "1e400", "1e400 - 1e400",
+    # refused before they are computed (each took seconds, or crashed str(), before the bit limit)
+    "((10**64)**64)**2", "(((9**64)**64)**64)**64", "((((9**64)**64)**64)**64)**2", "(2**64)**64 // 3",
 ])
 def test_anything_but_bounded_arithmetic_is_refused(expr):
     with pytest.raises(CalculatorError):
@@ -102,7 +104,7 @@ def test_the_servers_engine_loop_goes_on_under_the_same_key_or_stops_when_the_co
     from chatforge.tools.loop import CalculatorAnswer
 
     added = []
-    batch = SimpleNamespace(add=lambda key, prompt, sp: added.append((key, prompt, sp)))
+    batch = SimpleNamespace(add=lambda key, prompt, sp, front=False: added.append((key, prompt, sp, front)))
 
     def finished_round(ctx, prompt):
         engine = SimpleNamespace(tok=_Tok(), model=SimpleNamespace(cfg=SimpleNamespace(max_seq_len=ctx)))
@@ -112,7 +114,24 @@ def test_the_servers_engine_loop_goes_on_under_the_same_key_or_stops_when_the_co
 
     ev, tools = finished_round(100, [1])
     assert not ev.finished and ev.delta == "7>>42" and 7 in tools
-    assert added == [(7, [1, *b"x <<calc: 6*7>>42"], added[0][2])] and added[0][2].max_tokens == 47
+    assert added == [(7, [1, *b"x <<calc: 6*7>>42"], added[0][2], True)] and added[0][2].max_tokens == 47
     ev, tools = finished_round(len(b"x <<calc: 6*7>>42") + 1, [1])  # the next round's prompt would fill it
     assert ev.finished and ev.completion.finish_reason == "length" and ev.completion.text == "x <<calc: 6*7>>42"
+    assert ev.delta == "7>>42"  # a streaming client gets the value too
     assert tools == {} and len(added) == 1
+
+    def failing_add(key, prompt, sp, front=False):
+        raise RuntimeError("simulated")
+
+    batch.add = failing_add  # a round that can't be queued ends that answer only, with what it has
+    ev, tools = finished_round(100, [1])
+    assert ev.finished and ev.completion.text == "x <<calc: 6*7>>42" and ev.delta == "7>>42" and tools == {}
+
+
+def test_literal_shift_signs_are_no_calls_and_running_out_at_a_call_is_length():
+    model = ScriptedModel([[(1, "a >", True)] * 9 + [(1, " <<calc: 1+1", True), (1, " done", False)]])
+    (c,) = generate_with_calculator(model, [[1]], SamplingParams(max_tokens=500), max_calls=1)
+    assert c.text == "a >>>" * 9 + " <<calc: 1+1>>2 done"  # nine literal ">>" did not use up the one call
+    model = ScriptedModel([[(1, "<<calc: 2*3", True)]])
+    (c,) = generate_with_calculator(model, [[1]], SamplingParams(max_tokens=len("<<calc: 2*3")))
+    assert c.text == "<<calc: 2*3" and c.finish_reason == "length"

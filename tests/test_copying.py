@@ -42,3 +42,5 @@ def test_the_probe_separates_a_model_that_copies_from_ones_that_dont():
     copies = copy_probe(model, TOK, seed=1)
     assert copies["in_context_copying"] > 0.9 and copies["copy_repeat_nats"] < 0.3
     assert copy_probe(model, TOK, seed=1) == copies  # deterministic
+    short = GPT(ModelConfig(vocab_size=V, n_layer=1, n_head=2, d_model=16, max_seq_len=9))
+    assert copy_probe(short, TOK) == {}  # no room to show a sequence twice: no figure

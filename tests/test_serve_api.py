@@ -410,7 +410,7 @@ class _ScriptedBatch:
     def running(self):
         return len(self.rows)
 
-    def add(self, key, prompt, params):
+    def add(self, key, prompt, params, front=False):
         self.seen.append((key, list(prompt), params))
         answered = self.tok.decode(prompt).endswith("<<calc: 6*7>>42")
         piece, stop = (" so 42.", None) if answered else ("It is <<calc: 6*7", ">>" if ">>" in params.stop else None)

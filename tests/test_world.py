@@ -295,3 +295,20 @@ def test_every_demonstration_fits_the_tiny_presets_rows(world, tmp_path):
     tok = Tokenizer.load(run / "tokenizer")
     longest = max(len(tok.encode_chat(ex["messages"])) for ex in _jsonl(world / "sft.jsonl"))
     assert longest <= preset.sft.seq_len, longest
+
+
+def test_grounded_on_an_existing_world_only_adds_its_file(tmp_path, capsys):
+    """`chatforge world --run R --grounded N` on a run whose world exists writes grounded.jsonl and leaves the
+    world the run's stages were trained on as it was; a different --size or --seed is refused, not applied."""
+    from chatforge.cli import main
+
+    run = tmp_path / "r"
+    assert main(["world", "--run", str(run)]) == 0
+    before = _digest(run / "world")
+    assert main(["world", "--run", str(run), "--grounded", "50"]) == 0
+    after = _digest(run / "world")
+    assert after.pop("grounded.jsonl") and after == before
+    assert len(_jsonl(run / "world" / "grounded.jsonl")) == 50
+    assert main(["world", "--run", str(run), "--size", "small", "--grounded", "5"]) == 2
+    assert "size tiny" in capsys.readouterr().err
+    assert main(["world", "--run", str(run), "--size", "tiny", "--grounded", "5"]) == 0  # the same settings are fine

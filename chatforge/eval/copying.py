@@ -1,6 +1,7 @@
 """In-context copying: does the model predict a token sequence it has just read?
 
     copy_probe(model, tok) -> {"in_context_copying": 0.99, "copy_first_nats": 9.1, "copy_repeat_nats": 0.1}
+    (an empty dict for a context under 19 tokens: too short to show a sequence twice)
 
 Rows of random ordinary token ids (BPE merges; no bytes, no special tokens) are shown twice after <|bos|>.
 The first showing can't be predicted; the repeat can, by copying from the context (what "induction heads"
@@ -23,11 +24,13 @@ def copy_probe(model, tok, length: int = 64, rows: int = 16, seed: int = 0) -> d
     special = set(tok.special_ids.values())
     ordinary = torch.tensor([i for i in range(256, model.cfg.vocab_size) if i not in special and i < tok.vocab_size])
     length = min(length, (model.cfg.max_seq_len - 1) // 2)
+    if length <= 2 * SKIP:  # a context too short to show a sequence twice: no figure rather than noise
+        return {}
     g = torch.Generator().manual_seed(seed)
     seq = ordinary[torch.randint(len(ordinary), (rows, length), generator=g)]
     x = torch.cat([torch.full((rows, 1), tok.bos_id), seq, seq], dim=1).to(next(model.parameters()).device)
     logits, _ = model(x[:, :-1])
     nll = F.cross_entropy(logits.float().transpose(1, 2), x[:, 1:], reduction="none")  # (rows, 2 * length)
     first, repeat = nll[:, SKIP:length].mean().item(), nll[:, length + SKIP:].mean().item()
-    return {"in_context_copying": 1 - repeat / first, "copy_first_nats": round(first, 3),
+    return {"in_context_copying": round(1 - repeat / first, 4), "copy_first_nats": round(first, 3),
             "copy_repeat_nats": round(repeat, 3)}

@@ -128,14 +128,14 @@ def engine_loop(engine: Engine, next_commands, emit) -> None:
             continue
         try:
             events = batch.step()
-            if tools:
-                events = [_calculator_round(engine, batch, tools, ev) for ev in events]
         except Exception as e:  # a real fault: fail the requests in flight, keep serving new ones
             detail = "".join(traceback.format_exception_only(type(e), e)).strip()
             traceback.print_exc()
             batch, tools = engine.batch(), {}
             emit([], 0, detail)
             continue
+        if tools:
+            events = [_calculator_round(engine, batch, tools, ev) for ev in events]
         emit(events, batch.running, None)
 
 
@@ -146,15 +146,23 @@ def _calculator_round(engine: Engine, batch, tools: dict[int, CalculatorAnswer],
     answer = tools.get(ev.index)
     if answer is None or not ev.finished:
         return ev
-    tool = answer.take(ev.completion)
-    prompt = answer.round_prompt(engine.tok) if tool is not None else None
-    if tool is None or len(prompt) >= engine.model.cfg.max_seq_len:  # done, or no room left to go on
-        del tools[ev.index]
-        final = answer.final(ev.completion)
-        return dataclasses.replace(ev, completion=final if tool is None else dataclasses.replace(
-            final, finish_reason="length"))
-    batch.add(ev.index, prompt, answer.round_params())
-    return dataclasses.replace(ev, finished=False, completion=None, delta=ev.delta + tool)
+    tool = None
+    try:
+        tool = answer.take(ev.completion)
+        if tool is not None:
+            prompt = answer.round_prompt(engine.tok)
+            if len(prompt) < engine.model.cfg.max_seq_len:
+                # first in line: a half-written answer goes on before requests that have not started
+                batch.add(ev.index, prompt, answer.round_params(), front=True)
+                return dataclasses.replace(ev, finished=False, completion=None, delta=ev.delta + tool)
+    except Exception:  # noqa: BLE001 - one answer's tool round must not fail the other requests in the batch
+        traceback.print_exc()
+    del tools[ev.index]  # done; or no room to go on (or the round could not be queued): ends here, as "length"
+    final = answer.final(ev.completion)
+    if tool is None:
+        return dataclasses.replace(ev, completion=final)
+    return dataclasses.replace(ev, completion=dataclasses.replace(final, finish_reason="length"),
+                               delta=ev.delta + tool)
 
 
 def _engine_process_main(spec: EngineSpec, conn) -> None:

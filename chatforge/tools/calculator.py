@@ -28,6 +28,9 @@ MAX_CHARS = 200
 MAX_EXPONENT = 64
 MAX_DIGITS = 60
 MAX_DEPTH = 30
+# every intermediate value's numerator and denominator stay under this many bits (~600 digits): without it
+# ((9**64)**64)**64 computes for seconds on the server's engine thread before the result check refuses it
+MAX_BITS = 2048
 
 _BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
            ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
@@ -39,6 +42,12 @@ CALL_END = ">>"
 
 class CalculatorError(ValueError):
     pass
+
+
+def _bounded(value: Fraction) -> Fraction:
+    if max(value.numerator.bit_length(), value.denominator.bit_length()) > MAX_BITS:
+        raise CalculatorError(f"intermediate result larger than {MAX_BITS} bits")
+    return value
 
 
 def _number(node: ast.AST, depth: int) -> Fraction:
@@ -58,11 +67,13 @@ def _number(node: ast.AST, depth: int) -> Fraction:
                 raise CalculatorError(f"exponents must be whole numbers up to {MAX_EXPONENT}")
             if left == 0 and right < 0:
                 raise CalculatorError("division by zero")
-            return left ** int(right)
+            size = max(left.numerator.bit_length(), left.denominator.bit_length())
+            if size * abs(int(right)) > MAX_BITS:  # refused before computing, not after
+                raise CalculatorError(f"intermediate result larger than {MAX_BITS} bits")
+            return _bounded(left ** int(right))
         if isinstance(node.op, (ast.Div, ast.FloorDiv, ast.Mod)) and right == 0:
             raise CalculatorError("division by zero")
-        result = _BINARY[type(node.op)](left, right)
-        return Fraction(result)
+        return _bounded(Fraction(_BINARY[type(node.op)](left, right)))
     raise CalculatorError("only numbers and + - * / // % ** ( ) are allowed")
 
 
@@ -77,7 +88,12 @@ def calculate(expression: str) -> int | float:
         tree = ast.parse(text, mode="eval")
     except SyntaxError:
         raise CalculatorError("not an arithmetic expression") from None
-    value = _number(tree.body, 0)
+    try:
+        value = _number(tree.body, 0)
+    except CalculatorError:
+        raise
+    except (ArithmeticError, ValueError) as e:  # a limit missed above must still be a refusal, not a crash
+        raise CalculatorError(f"cannot compute this ({type(e).__name__})") from None
     if max(len(str(abs(value.numerator))), len(str(value.denominator))) > MAX_DIGITS:
         raise CalculatorError(f"result longer than {MAX_DIGITS} digits")
     return int(value) if value.denominator == 1 else float(value)

@@ -8,9 +8,11 @@
 Each request generates with ">>" as an extra stop string. When it stops there inside an open call, the
 calculator's answer (">>VALUE", tools/calculator.py) is appended to the answer so far and generation goes
 on from prompt + answer, with the tokens already spent taken off `max_tokens`; a ">>" outside a call is
-kept as text. At most `max_calls` calls per answer (later calls are closed with an error the model sees).
-The final completion holds the whole answer (`text`, tool output included), the last round's finish
-reason and every round's generated `token_ids` (the tool's text is not among them: the model didn't write it).
+kept as text (and is no call). At most `max_calls` calls per answer (later calls are closed with an error the
+model sees). The final completion holds the whole answer (`text`, tool output included), the last round's
+finish reason ("length" when the tokens ran out at an unanswered call) and every round's generated
+`token_ids` (the tool's text is not among them: the model didn't write it). The request's own stop strings
+are matched in what the model writes within a round, not in the tool's values or across a round boundary.
 """
 
 from __future__ import annotations
@@ -24,14 +26,14 @@ from chatforge.tools.calculator import CALL_END, answer_open_call
 MAX_CALLS = 8
 
 
-def _tool_text(text: str, c: Completion, params: SamplingParams, calls: int, max_calls: int) -> str | None:
-    """What to append before generating on (None: the answer is finished)."""
+def _tool_text(text: str, c: Completion, params: SamplingParams, calls: int, max_calls: int) -> tuple[str | None, bool]:
+    """(what to append before generating on — None: the answer is finished —, whether it answers a call)."""
     if c.stop_string != CALL_END:
-        return None
+        return None, False
     tool = answer_open_call(text)
     if tool is None:  # a literal ">>" outside a call: keep it (unless the caller asked to stop there)
-        return None if CALL_END in params.stop else CALL_END
-    return tool if calls < max_calls else f"{CALL_END}error: more than {max_calls} calls"
+        return (None if CALL_END in params.stop else CALL_END), False
+    return (tool if calls < max_calls else f"{CALL_END}error: more than {max_calls} calls"), True
 
 
 @dataclass
@@ -44,6 +46,7 @@ class CalculatorAnswer:
     text: str = ""
     ids: list[int] = field(default_factory=list)  # the model's tokens over all rounds
     calls: int = 0
+    cut: bool = False  # max_tokens ran out at a call the tool had not answered yet
 
     @property
     def spent(self) -> int:
@@ -60,15 +63,17 @@ class CalculatorAnswer:
     def take(self, c: Completion) -> str | None:
         """Take a finished round; the tool text to append before the next round, or None: the answer is done."""
         self.text, self.ids = self.text + c.text, self.ids + list(c.token_ids)
-        tool = _tool_text(self.text, c, self.params, self.calls, self.max_calls)
+        tool, is_call = _tool_text(self.text, c, self.params, self.calls, self.max_calls)
         if tool is None or self.spent >= self.params.max_tokens:
+            self.cut = tool is not None and is_call
             return None
-        self.text, self.calls = self.text + tool, self.calls + 1
+        self.text, self.calls = self.text + tool, self.calls + is_call
         return tool
 
     def final(self, c: Completion) -> Completion:
         """The last round's completion carrying the whole answer."""
-        return replace(c, prompt_ids=self.prompt, text=self.text, token_ids=list(self.ids))
+        return replace(c, prompt_ids=self.prompt, text=self.text, token_ids=list(self.ids),
+                       finish_reason="length" if self.cut else c.finish_reason)
 
 
 def generate_with_calculator(engine: Engine, prompts: list[list[int]], params: SamplingParams | list[SamplingParams],

@@ -83,10 +83,11 @@ def write_grounded(world_dir: str | Path, n: int) -> Path:
     fresh invented entities, for SFT next to sft.jsonl (`--sft-data world/sft.jsonl world/grounded.jsonl`).
 
     Why a separate file: sft.jsonl's share of them (~1 in 7) is what the demo's small model gets; a model that
-    can learn to read needs far more, and never the same passage twice (README's results: what they gave a 45M
-    model on one H100). Kept outside the world's settings, so adding or resizing it never invalidates the stages
-    trained on the world. Deterministic for (seed, n). The eval items are not re-filtered against it: invented
-    names end in a suffix no world entity has, and the test suite checks it shares no 13-gram with any eval item."""
+    can learn to read needs far more, and never the same passage twice (README's results: what they gave a
+    gpu-small-shaped model on one H100). Outside the world's settings, so adding it never invalidates the
+    stages trained on the world (`chatforge world --grounded N` on an existing world writes only this file).
+    Deterministic for (seed, n). The eval items are not re-filtered against it: invented names end in a suffix
+    no world entity has, and a test checks that 400 of them share no 13-gram with the tiny world's eval items."""
     world_dir = Path(world_dir)
     if n < 1:
         raise ChatforgeError(f"--grounded must be a positive count of demonstrations (got {n})")
