@@ -587,24 +587,20 @@ def main(argv: list[str] | None = None) -> int:
             from chatforge.world import generate_world
             from chatforge.world.generate import write_grounded
 
-            if args.grounded < 0:
+            if args.grounded < 0:  # before a world is generated for nothing
                 raise ChatforgeError(f"--grounded must be >= 0 (got {args.grounded})")
             folder = stage_dir(args.run, "world")
-            if args.grounded and is_complete(folder):  # add to the world the run's stages were trained on
-                made = json.loads((folder / "facts.json").read_text(encoding="utf-8"))
-                asked = {"seed": args.seed, "size": args.size}
-                if any(v is not None and v != made[k] for k, v in asked.items()):
-                    raise ChatforgeError(f"{folder} was made with seed {made['seed']}, size {made['size']}: "
-                                         "--grounded adds to it (drop --seed / --size, or use another --run)")
-                print(f"{args.grounded:,} grounded demonstrations written to {write_grounded(folder, args.grounded)}")
-                return 0
-            folder = generate_world(args.run, seed=args.seed if args.seed is not None else 0,
-                                    size=args.size or "tiny", labeler_noise=args.labeler_noise,
-                                    labelers=args.labelers)
-            print(f"world written to {folder}")
+            generate = not (args.grounded and is_complete(folder))  # else: add to the world the run trained on
+            if generate:
+                folder = generate_world(args.run, seed=args.seed if args.seed is not None else 0,
+                                        size=args.size or "tiny", labeler_noise=args.labeler_noise,
+                                        labelers=args.labelers)
+                print(f"world written to {folder}")
             if args.grounded:
-                print(f"{args.grounded:,} grounded demonstrations written to {write_grounded(folder, args.grounded)}")
-            print((folder / "stats.json").read_text(encoding="utf-8"))
+                out = write_grounded(folder, args.grounded, seed=args.seed, size=args.size)
+                print(f"{args.grounded:,} grounded demonstrations written to {out}")
+            if generate:
+                print((folder / "stats.json").read_text(encoding="utf-8"))
         elif args.command == "tokenizer":
             from chatforge.config import get_preset
             from chatforge.tokenizer import run_tokenizer_stage

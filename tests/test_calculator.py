@@ -3,6 +3,8 @@ answers a model's <<calc: EXPR>> calls during generation."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from chatforge.engine import Completion, SamplingParams, StreamEvent
@@ -52,6 +54,7 @@ class ScriptedModel:
 
     def __init__(self, pieces_per_request):
         self.tok, self.queues, self.rounds = _Tok(), [list(p) for p in pieces_per_request], []
+        self.model = SimpleNamespace(cfg=SimpleNamespace(max_seq_len=10_000))  # the context the loops read
 
     def generate(self, prompts, params):
         params = params if isinstance(params, list) else [params] * len(prompts)
@@ -98,8 +101,6 @@ def test_the_servers_engine_loop_goes_on_under_the_same_key_or_stops_when_the_co
     """scheduler._calculator_round: a round stopped at an open call is re-queued under its key with the value
     appended (the event is not final and carries the value as text); with no context left the answer ends
     there, value included, as "length"."""
-    from types import SimpleNamespace
-
     from chatforge.serve.scheduler import _calculator_round
     from chatforge.tools.loop import CalculatorAnswer
 
@@ -108,7 +109,7 @@ def test_the_servers_engine_loop_goes_on_under_the_same_key_or_stops_when_the_co
 
     def finished_round(ctx, prompt):
         engine = SimpleNamespace(tok=_Tok(), model=SimpleNamespace(cfg=SimpleNamespace(max_seq_len=ctx)))
-        tools = {7: CalculatorAnswer(prompt, SamplingParams(max_tokens=50))}
+        tools = {7: CalculatorAnswer(prompt, SamplingParams(max_tokens=50), ctx)}
         c = Completion(prompt, [1, 2, 3], "x <<calc: 6*7", "stop", stop_string=">>")
         return _calculator_round(engine, batch, tools, StreamEvent(7, "7", [3], finished=True, completion=c)), tools
 

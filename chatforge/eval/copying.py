@@ -22,7 +22,7 @@ SKIP = 4  # the first tokens of each showing: too little context for either to m
 @torch.no_grad()
 def copy_probe(model, tok, length: int = 64, rows: int = 16, seed: int = 0) -> dict:
     special = set(tok.special_ids.values())
-    ordinary = torch.tensor([i for i in range(256, model.cfg.vocab_size) if i not in special and i < tok.vocab_size])
+    ordinary = torch.tensor([i for i in range(256, min(model.cfg.vocab_size, tok.vocab_size)) if i not in special])
     length = min(length, (model.cfg.max_seq_len - 1) // 2)
     if length <= 2 * SKIP:  # a context too short to show a sequence twice: no figure rather than noise
         return {}

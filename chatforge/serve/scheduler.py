@@ -115,7 +115,7 @@ def engine_loop(engine: Engine, next_commands, emit) -> None:
             if kind == "add":
                 for key, prompt, sp, calculator in payload:
                     if calculator:
-                        tools[key] = CalculatorAnswer(prompt, sp)
+                        tools[key] = CalculatorAnswer(prompt, sp, engine.model.cfg.max_seq_len)
                         sp = tools[key].round_params()
                     batch.add(key, prompt, sp)
             elif kind == "cancel":
@@ -146,23 +146,18 @@ def _calculator_round(engine: Engine, batch, tools: dict[int, CalculatorAnswer],
     answer = tools.get(ev.index)
     if answer is None or not ev.finished:
         return ev
-    tool = None
+    tool = ""
     try:
-        tool = answer.take(ev.completion)
-        if tool is not None:
-            prompt = answer.round_prompt(engine.tok)
-            if len(prompt) < engine.model.cfg.max_seq_len:
-                # first in line: a half-written answer goes on before requests that have not started
-                batch.add(ev.index, prompt, answer.round_params(), front=True)
-                return dataclasses.replace(ev, finished=False, completion=None, delta=ev.delta + tool)
+        tool, more = answer.take(ev.completion, engine.tok)
+        if more:
+            # first in line: a half-written answer goes on before requests that have not started
+            batch.add(ev.index, answer.round_ids, answer.round_params(), front=True)
+            return dataclasses.replace(ev, finished=False, completion=None, delta=ev.delta + tool)
     except Exception:  # noqa: BLE001 - one answer's tool round must not fail the other requests in the batch
         traceback.print_exc()
-    del tools[ev.index]  # done; or no room to go on (or the round could not be queued): ends here, as "length"
-    final = answer.final(ev.completion)
-    if tool is None:
-        return dataclasses.replace(ev, completion=final)
-    return dataclasses.replace(ev, completion=dataclasses.replace(final, finish_reason="length"),
-                               delta=ev.delta + tool)
+        answer.cut = answer.cut or bool(tool)  # could not be queued: ends with what it has, as "length"
+    del tools[ev.index]
+    return dataclasses.replace(ev, completion=answer.final(ev.completion), delta=ev.delta + tool)
 
 
 def _engine_process_main(spec: EngineSpec, conn) -> None:

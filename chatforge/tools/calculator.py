@@ -44,8 +44,12 @@ class CalculatorError(ValueError):
     pass
 
 
+def _bits(value: Fraction) -> int:
+    return max(value.numerator.bit_length(), value.denominator.bit_length())
+
+
 def _bounded(value: Fraction) -> Fraction:
-    if max(value.numerator.bit_length(), value.denominator.bit_length()) > MAX_BITS:
+    if _bits(value) > MAX_BITS:
         raise CalculatorError(f"intermediate result larger than {MAX_BITS} bits")
     return value
 
@@ -67,8 +71,7 @@ def _number(node: ast.AST, depth: int) -> Fraction:
                 raise CalculatorError(f"exponents must be whole numbers up to {MAX_EXPONENT}")
             if left == 0 and right < 0:
                 raise CalculatorError("division by zero")
-            size = max(left.numerator.bit_length(), left.denominator.bit_length())
-            if size * abs(int(right)) > MAX_BITS:  # refused before computing, not after
+            if _bits(left) * abs(int(right)) > MAX_BITS:  # refused before computing, not after
                 raise CalculatorError(f"intermediate result larger than {MAX_BITS} bits")
             return _bounded(left ** int(right))
         if isinstance(node.op, (ast.Div, ast.FloorDiv, ast.Mod)) and right == 0:

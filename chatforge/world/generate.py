@@ -78,7 +78,7 @@ def world_moderation(w, seed: int, size: str) -> list[dict]:
     return moderation_examples(w, part_rng(seed, "moderation"), MODERATION_EXAMPLES[size])
 
 
-def write_grounded(world_dir: str | Path, n: int) -> Path:
+def write_grounded(world_dir: str | Path, n: int, seed: int | None = None, size: str | None = None) -> Path:
     """`world_dir/grounded.jsonl`: n extra grounded demonstrations ({"messages", "task": "grounded"}) about
     fresh invented entities, for SFT next to sft.jsonl (`--sft-data world/sft.jsonl world/grounded.jsonl`).
 
@@ -87,7 +87,8 @@ def write_grounded(world_dir: str | Path, n: int) -> Path:
     gpu-small-shaped model on one H100). Outside the world's settings, so adding it never invalidates the
     stages trained on the world (`chatforge world --grounded N` on an existing world writes only this file).
     Deterministic for (seed, n). The eval items are not re-filtered against it: invented names end in a suffix
-    no world entity has, and a test checks that 400 of them share no 13-gram with the tiny world's eval items."""
+    no world entity has, and a test checks that 400 of them share no 13-gram with the tiny world's eval items.
+    `seed` / `size`, when given, must be the world's (a request for another world is refused, not applied)."""
     world_dir = Path(world_dir)
     if n < 1:
         raise ChatforgeError(f"--grounded must be a positive count of demonstrations (got {n})")
@@ -95,6 +96,9 @@ def write_grounded(world_dir: str | Path, n: int) -> Path:
     if not facts_path.exists():
         raise ChatforgeError(f"{world_dir} has no facts.json: generate the world first (chatforge world --run ...)")
     facts = json.loads(facts_path.read_text(encoding="utf-8"))
+    if any(v is not None and v != facts[k] for k, v in {"seed": seed, "size": size}.items()):
+        raise ChatforgeError(f"{world_dir} was made with seed {facts['seed']}, size {facts['size']}: "
+                             "--grounded adds to it (drop --seed / --size, or use another --run)")
     w = build_world(facts["seed"], SIZES[facts["size"]])
     rng = part_rng(facts["seed"], "grounded")
     records = []
