@@ -179,7 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--world-seed", type=int, default=0)
     p.add_argument("--world-size", default=None, choices=["tiny", "small", "medium"],
                    help="the built-in world's size (default: the preset's)")
-    p.add_argument("--sft-data", nargs="+", default=None, help="conversations for SFT (default world/sft.jsonl)")
+    p.add_argument("--sft-data", nargs="+", default=None,
+                   help="conversations for SFT (default world/sft.jsonl and the preset's grounded demonstrations)")
+    p.add_argument("--grounded", type=int, default=None, metavar="N",
+                   help="extra grounded demonstrations for SFT, written to world/grounded.jsonl (default: the "
+                        "preset's; 0 = none)")
     _add_sft_flags(p, data=False)
     p.add_argument("--init-from", default=None, metavar="HF_DIR",
                    help="start from a local HF checkpoint (its tokenizer and weights) instead of from scratch")
@@ -379,6 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(p)
     p.add_argument("--stage", default="base")
     p.add_argument("--format", default="hf", choices=["hf"])
+    p.add_argument("--drop-copy-head", action="store_true",
+                   help="export a model with a copy head without it (HF has no such architecture)")
     p.add_argument("--out", required=True, help="output folder")
 
     p = sub.add_parser("sample", help="print a continuation from a trained model")
@@ -567,6 +573,10 @@ def main(argv: list[str] | None = None) -> int:
             from chatforge.train.ppo import PPOConfig
 
             preset.world_size = args.world_size or preset.world_size
+            if args.grounded is not None:
+                if args.grounded < 0:
+                    raise ChatforgeError(f"--grounded {args.grounded}: expected a count >= 0")
+                preset.grounded = args.grounded
 
             ppo = apply_overrides(PPOConfig(), parse_set_args(args.set)["ppo"], "ppo")
             run_pipeline(args.run, name, preset, until=args.until, force=args.force, data=args.data,
@@ -762,7 +772,7 @@ def main(argv: list[str] | None = None) -> int:
             from chatforge.hf import export_hf
             from chatforge.run import model_dir, require_run
 
-            out = export_hf(model_dir(require_run(args.run), args.stage), args.out)
+            out = export_hf(model_dir(require_run(args.run), args.stage), args.out, args.drop_copy_head)
             print(f"exported {args.stage} as a Hugging Face folder: {out} "
                   f"(AutoModelForCausalLM.from_pretrained({str(out)!r}))")
         elif args.command == "sample":

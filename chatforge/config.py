@@ -61,6 +61,9 @@ class Preset:
     vocab_size: int
     world_size: str = "tiny"
     notes: str = ""
+    # extra grounded (reading) demonstrations the pipeline writes to world/grounded.jsonl and adds to SFT's
+    # data (0 = none): sft.jsonl's ~270 are too few for a model to learn to answer from passages
+    grounded: int = 0
     # instruction tuning: fewer steps, lower lr than pre-training (InstructGPT: a few epochs over the demos)
     sft: TrainConfig = field(default_factory=lambda: TrainConfig(
         max_steps=300, batch_size=16, seq_len=256, lr=1e-3, warmup_steps=10, weight_decay=0.0,
@@ -80,6 +83,7 @@ class Preset:
 def _presets() -> dict[str, Preset]:
     return {
         "tiny": Preset(
+            # copy_head stays 0 until a whole demo has run with it (--set model.copy_head=64: README, Results)
             model=ModelConfig.preset_style("llama", vocab_size=4096, n_layer=4, n_head=4, n_kv_head=2,
                                            d_model=128, max_seq_len=256, tie_embeddings=True),
             train=TrainConfig(max_steps=600, batch_size=16, seq_len=256, lr=3e-3, warmup_steps=30,

@@ -32,6 +32,10 @@ def _transformers():
 
 
 def hf_architecture(cfg: ModelConfig) -> str:
+    if cfg.copy_head:
+        raise ChatforgeError("a model with a copy head (copy_head > 0) has no HF architecture; export it without "
+                             "(chatforge export --drop-copy-head: the plain next-token head alone, which copies "
+                             "from its context worse) or train with --set model.copy_head=0")
     if cfg.pos == "learned":
         if not (cfg.norm == "layernorm" and cfg.mlp == "gelu" and cfg.bias and cfg.tie_embeddings
                 and cfg.n_kv_head == cfg.n_head):
@@ -173,10 +177,13 @@ def _hf_config(cfg: ModelConfig, arch: str, tok_ids: dict):
 
 # -- public API ----------------------------------------------------------------------------------------------
 
-def export_hf(model_dir: str | Path, out_dir: str | Path) -> Path:
-    """Write an HF folder for the model in `model_dir` (config.json, model.safetensors, tokenizer)."""
+def export_hf(model_dir: str | Path, out_dir: str | Path, drop_copy_head: bool = False) -> Path:
+    """Write an HF folder for the model in `model_dir` (config.json, model.safetensors, tokenizer).
+    `drop_copy_head`: export a copy-head model (model.py) as its plain next-token head alone."""
     tf = _transformers()
     model = load_model(model_dir)
+    if drop_copy_head and model.cfg.copy_head:
+        model.copy, model.cfg.copy_head = None, 0
     cfg = model.cfg
     arch = hf_architecture(cfg)
     sd = {k: v.detach().float() for k, v in model.state_dict().items()}

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from chatforge import ChatforgeError
+from chatforge.copyhead import CopyHead, allowed_from_positions, allowed_in_sequence
 
 STYLES: dict[str, dict] = {
     "gpt2": dict(pos="learned", norm="layernorm", mlp="gelu", bias=True, tie_embeddings=True),
@@ -55,6 +56,7 @@ class ModelConfig:
     norm_eps: float = 1e-5
     dropout: float = 0.0
     init_std: float = 0.02
+    copy_head: int = 0  # width of the copy head's pointer (chatforge/copyhead.py); 0 = none
 
     def __post_init__(self) -> None:
         if not self.n_kv_head:
@@ -74,6 +76,8 @@ class ModelConfig:
             problems.append(f"n_head={self.n_head} is not divisible by n_kv_head={self.n_kv_head}")
         if self.pos == "rope" and (self.d_model // self.n_head) % 2:
             problems.append("RoPE needs an even head dimension")
+        if self.copy_head < 0:
+            problems.append(f"copy_head={self.copy_head} must be >= 0 (0 = no copy head)")
         for name in ("vocab_size", "n_layer", "n_head", "d_model", "max_seq_len"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name}={getattr(self, name)} must be positive")
@@ -153,6 +157,9 @@ class KVCache:
         shape = (cfg.n_layer, batch_size, cfg.n_kv_head, self.max_len, cfg.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
+        if cfg.copy_head:  # the copy head's keys and the token ids it copies from
+            self.copy_k = torch.zeros(batch_size, self.max_len, cfg.copy_head, device=device, dtype=dtype)
+            self.ids = torch.zeros(batch_size, self.max_len, dtype=torch.long, device=device)
         self.device = self.k.device
         # lengths as Python ints, not a tensor: the per-step bookkeeping reads them, so a decode step never
         # waits on a tensor -> int conversion (a device sync on GPU) and costs no extra tensor ops
@@ -231,6 +238,26 @@ class KVCache:
         if st["all_rows"]:  # every row, in order: a view, no copy (the mask hides what a row hasn't written)
             return self.k[layer, :, :, :st["end"]], self.v[layer, :, :, :st["end"]]
         return self.k[layer, rows, :, :st["end"]], self.v[layer, rows, :, :st["end"]]
+
+    def update_copy(self, k: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Write the new positions' copy-head keys (B, T, w) and ids (B, T) as `update` writes k/v; -> (keys,
+        ids) of the step's rows up to the longest row's end, and the new tokens' positions."""
+        st = self._step
+        if st.get("static"):
+            pos = st["positions"][:, 0]
+            self.copy_k[self._all_rows, pos] = k[:, 0]
+            self.ids[self._all_rows, pos] = ids[:, 0]
+            return self.copy_k, self.ids, st["positions"]
+        if st["uniform"]:
+            self.copy_k[:, st["start"]:st["end"]] = k
+            self.ids[:, st["start"]:st["end"]] = ids
+        else:
+            rows, pos = st["rows"], st["positions"]
+            self.copy_k[rows[:, None], pos] = k
+            self.ids[rows[:, None], pos] = ids
+            if not st["all_rows"]:
+                return self.copy_k[rows, :st["end"]], self.ids[rows, :st["end"]], pos
+        return self.copy_k[:, :st["end"]], self.ids[:, :st["end"]], st["positions"]
 
     def attention_mask(self) -> tuple[torch.Tensor | None, bool]:
         return self._step["mask"], self._step["causal"]
@@ -333,6 +360,7 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight
+        self.copy = CopyHead(cfg.d_model, cfg.copy_head) if cfg.copy_head else None
         if cfg.pos == "rope":
             cos, sin = rope_tables(cfg, cfg.max_seq_len)
             self.register_buffer("rope_cos", cos, persistent=False)
@@ -350,11 +378,15 @@ class GPT(nn.Module):
                 nn.init.normal_(p, 0.0, std / math.sqrt(2 * self.cfg.n_layer))
             else:
                 nn.init.normal_(p, 0.0, std)
+        if getattr(self, "copy", None) is not None:
+            self.copy.reset_gate()
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
                 return_hidden: bool = False, rows: torch.Tensor | None = None,
                 segment_ids: torch.Tensor | None = None, positions: torch.Tensor | None = None):
-        """idx (B, T) -> (logits (B, T, V), loss or None). Targets of -100 are ignored in the loss.
+        """idx (B, T) -> (logits (B, T, V), loss or None). Targets of -100 are ignored in the loss. With a copy
+        head (copyhead.py) the logits are the log-probabilities of its mixture, and a forward with targets
+        returns (None, loss): training reads only the loss, and the mixture over the vocabulary is not formed.
 
         With a `cache`, idx is appended to cache rows `rows` (default: all rows, in order) and attends to
         everything cached for its row. With `return_hidden`, returns the final normed hidden states
@@ -391,16 +423,31 @@ class GPT(nn.Module):
                 x = torch.utils.checkpoint.checkpoint(block, x, rope, cache, mask, use_reentrant=False)
             else:
                 x = block(x, rope, cache, mask)
-        if cache is not None:
-            cache.finish()
         x = self.norm_f(x)
         if return_hidden:
+            if cache is not None:
+                cache.finish()
             return x, None
         logits = self.lm_head(x)
+        if self.copy is not None and cache is None and targets is not None:  # training: the loss only
+            allowed = allowed_in_sequence(T, idx.device, segment_ids)
+            return None, self.copy.nll(x, logits, self.copy.keys(x), idx, allowed, self.wte.weight, targets)
+        if self.copy is not None:
+            logits = self._copy_mix(x, logits, idx, cache, segment_ids)
+        if cache is not None:
+            cache.finish()
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
         return logits, loss
+
+    def _copy_mix(self, h, logits, idx, cache, segment_ids):
+        keys = self.copy.keys(h)
+        if cache is None:
+            return self.copy.mix(h, logits, keys, idx, allowed_in_sequence(idx.shape[1], idx.device, segment_ids),
+                                 self.wte.weight)
+        keys, ids, positions = cache.update_copy(keys.to(cache.copy_k.dtype), idx)
+        return self.copy.mix(h, logits, keys, ids, allowed_from_positions(positions, keys.shape[1]), self.wte.weight)
 
     # -- accounting -----------------------------------------------------------------------------------
     def num_params(self, non_embedding: bool = False) -> int:

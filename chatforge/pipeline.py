@@ -93,6 +93,19 @@ def mix_feedback(run: Path, mix: FeedbackMix, sft, rm, dpo) -> str:
     return "rm"
 
 
+def _with_grounded(run: Path, n: int, sft):
+    """`sft`, after writing the preset's n grounded demonstrations to world/grounded.jsonl if that file doesn't
+    hold n of them yet (deterministic for the world's seed, so a rerun finds the same file and skips SFT)."""
+    from chatforge.world.generate import write_grounded
+
+    if n:
+        path = stage_dir(run, "world") / "grounded.jsonl"
+        if not path.is_file() or sum(1 for _ in path.open(encoding="utf-8")) != n:
+            write_grounded(path.parent, n)
+            print(f"[sft] {n:,} grounded demonstrations written to {path}", flush=True)
+    return sft
+
+
 def run_pipeline(run: str | Path, preset_name: str, preset: Preset, until: str | None = None,
                  force: bool = False, data: list[str] | None = None, model_overrides: dict | None = None,
                  seed: int = 0, init_from: str | None = None, sft=None, ppo=None,
@@ -132,6 +145,10 @@ def run_pipeline(run: str | Path, preset_name: str, preset: Preset, until: str |
     rm = RMOptions(on_bad=sft.on_bad)  # the world's rankings, from the SFT model
     dpo = DPOOptions(on_bad=sft.on_bad)
     redo_from = None
+    grounded = preset.grounded if not sft.data and not data else 0  # --sft-data given: exactly that data
+    if grounded:
+        world = stage_dir(run, "world")
+        sft.data = [str(world / "sft.jsonl"), str(world / "grounded.jsonl")]
     if feedback is not None:
         redo_from = mix_feedback(run, feedback, sft, rm, dpo)
     cleaning = clean_settings(data=data, keep_fullwidth_punct=True)
@@ -143,7 +160,7 @@ def run_pipeline(run: str | Path, preset_name: str, preset: Preset, until: str |
         tokenizer_settings(preset.vocab_size, corpus, clean),
         "data": lambda: data_settings(corpus, val_every, Tokenizer.load(stage_dir(run, "tokenizer")), clean),
         "pretrain": lambda: plan_pretrain(run, preset.model, preset.train, model_overrides, bool(init_from))[1],
-        "sft": lambda: plan_sft(run, preset.sft, sft),
+        "sft": lambda: plan_sft(run, preset.sft, _with_grounded(run, grounded, sft)),
         "rm": lambda: plan_rm(run, preset.rm, rm),
         "ppo": lambda: json.loads(json.dumps(ppo_settings(run, ppo))),
         "dpo": lambda: plan_dpo(run, preset.dpo, dpo),
@@ -158,7 +175,7 @@ def run_pipeline(run: str | Path, preset_name: str, preset: Preset, until: str |
         "data": lambda: run_data_stage(run, corpus, val_every, cleaned=clean)["tokens"],
         "pretrain": lambda: run_pretrain(run, preset.model, preset.train, model_overrides, fresh=redo,
                                          init_from=bool(init_from)),
-        "sft": lambda: run_sft(run, preset.sft, sft, fresh=redo),
+        "sft": lambda: run_sft(run, preset.sft, _with_grounded(run, grounded, sft), fresh=redo),
         "rm": lambda: run_rm(run, preset.rm, rm, fresh=redo),
         "ppo": lambda: run_ppo(run, ppo, fresh=redo),
         "dpo": lambda: run_dpo(run, preset.dpo, dpo, fresh=redo),

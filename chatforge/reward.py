@@ -33,6 +33,8 @@ class RewardModel(GPT):
         nn.init.zeros_(self.reward_head.bias)
         if not cfg.tie_embeddings:  # unused by scores(): frozen, so DDP doesn't wait for its gradient
             self.lm_head.weight.requires_grad_(False)
+        if self.copy is not None:  # the copy head only shapes next-token logits: unused too, frozen likewise
+            self.copy.requires_grad_(False)
         self.register_buffer("norm_gain", torch.ones(()), persistent=False)
         self.register_buffer("norm_bias", torch.zeros(()), persistent=False)
 

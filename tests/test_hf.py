@@ -7,7 +7,7 @@ import torch
 
 from chatforge import ChatforgeError
 from chatforge.hf import export_hf, import_hf
-from chatforge.model import GPT, ModelConfig, save_model
+from chatforge.model import GPT, ModelConfig, load_model, save_model
 
 transformers = pytest.importorskip("transformers")
 
@@ -107,9 +107,20 @@ def test_export_command_on_a_trained_run(prepared_run, tmp_path, capsys):
     from chatforge.cli import main
     from tests.conftest import TINY_SETS, TINY_TRAIN
 
-    assert main(["pretrain", "--run", str(prepared_run), *TINY_SETS, *TINY_TRAIN, "--max-steps", "2"]) == 0
-    assert main(["export", "--run", str(prepared_run), "--stage", "base", "--out", str(tmp_path / "hf")]) == 0
+    assert main(["pretrain", "--run", str(prepared_run), *TINY_SETS, *TINY_TRAIN, "--max-steps", "2",
+                 "--set", "model.copy_head=16"]) == 0
+    # a copy head, which no HF architecture has: refused unless dropped, by name
+    assert main(["export", "--run", str(prepared_run), "--stage", "base", "--out", str(tmp_path / "hf")]) == 2
+    assert "--drop-copy-head" in capsys.readouterr().err and not (tmp_path / "hf").exists()
+    assert main(["export", "--run", str(prepared_run), "--stage", "base", "--out", str(tmp_path / "hf"),
+                 "--drop-copy-head"]) == 0
     assert "exported base" in capsys.readouterr().out
     hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"))
     assert type(hf).__name__ == "LlamaForCausalLM"  # the tiny preset is Llama-style (GQA, tied embeddings)
+    ours = load_model(prepared_run / "base")
+    assert ours.cfg.copy_head > 0
+    ids = torch.randint(0, ours.cfg.vocab_size, (2, 12))
+    with torch.no_grad():  # the export is our plain next-token head: lm_head on the final hidden states
+        plain = ours.lm_head(ours(ids, return_hidden=True)[0])
+        assert (hf(ids).logits - plain).abs().max() < 1e-4
     assert main(["export", "--run", str(prepared_run), "--stage", "sft", "--out", str(tmp_path / "x")]) == 2
