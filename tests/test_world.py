@@ -312,3 +312,22 @@ def test_grounded_on_an_existing_world_only_adds_its_file(tmp_path, capsys):
     assert main(["world", "--run", str(run), "--size", "small", "--grounded", "5"]) == 2
     assert "size tiny" in capsys.readouterr().err
     assert main(["world", "--run", str(run), "--size", "tiny", "--grounded", "5"]) == 0  # the same settings are fine
+
+
+def test_the_pipelines_grounded_demonstrations_are_written_once_per_count(world, tmp_path, capsys):
+    """`chatforge pipeline --grounded N`: world/grounded.jsonl holds N demonstrations; a rerun with the same N
+    leaves the file alone (so SFT's data fingerprint, and the trained stage, stay valid); another N rewrites it."""
+    from chatforge.pipeline import _with_grounded
+    from chatforge.train.sft import SFTOptions
+
+    (tmp_path / "world").mkdir()
+    (tmp_path / "world" / "facts.json").write_bytes((world / "facts.json").read_bytes())
+    path = tmp_path / "world" / "grounded.jsonl"
+    opts = SFTOptions()
+    assert _with_grounded(tmp_path, 30, opts) is opts
+    first = path.read_bytes()
+    assert len(first.splitlines()) == 30 and "30 grounded" in capsys.readouterr().out
+    _with_grounded(tmp_path, 30, opts)
+    assert path.read_bytes() == first and capsys.readouterr().out == ""
+    _with_grounded(tmp_path, 10, opts)
+    assert len(path.read_bytes().splitlines()) == 10
