@@ -42,9 +42,6 @@ class CopyHead(nn.Module):
         nn.init.zeros_(self.gate.weight)
         nn.init.constant_(self.gate.bias, GATE_BIAS)
 
-    def keys(self, h: torch.Tensor) -> torch.Tensor:
-        return self.k(h)
-
     def _pointer(self, h, keys, ids, allowed, embedding):
         """-> (attention (B, T, S-1) over the positions p whose next token x_{p+1} it copies, gate logit (B, T, 1))."""
         # the key of p also says which token pointing at it copies (x_{p+1}, already in the context): the

@@ -429,11 +429,11 @@ class GPT(nn.Module):
                 cache.finish()
             return x, None
         logits = self.lm_head(x)
-        if self.copy is not None and cache is None and targets is not None:  # training: the loss only
-            allowed = allowed_in_sequence(T, idx.device, segment_ids)
-            return None, self.copy.nll(x, logits, self.copy.keys(x), idx, allowed, self.wte.weight, targets)
         if self.copy is not None:
-            logits = self._copy_mix(x, logits, idx, cache, segment_ids)
+            pointer = (*self._copy_context(x, idx, cache, segment_ids), self.wte.weight)
+            if cache is None and targets is not None:  # training: the loss only, no mixture over the vocabulary
+                return None, self.copy.nll(x, logits, *pointer, targets)
+            logits = self.copy.mix(x, logits, *pointer)
         if cache is not None:
             cache.finish()
         loss = None
@@ -441,13 +441,13 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
         return logits, loss
 
-    def _copy_mix(self, h, logits, idx, cache, segment_ids):
-        keys = self.copy.keys(h)
+    def _copy_context(self, h, idx, cache, segment_ids):
+        """The copy head's (keys, ids, pointer mask) over what it may point at: this sequence, or the cache."""
+        keys = self.copy.k(h)
         if cache is None:
-            return self.copy.mix(h, logits, keys, idx, allowed_in_sequence(idx.shape[1], idx.device, segment_ids),
-                                 self.wte.weight)
+            return keys, idx, allowed_in_sequence(idx.shape[1], idx.device, segment_ids)
         keys, ids, positions = cache.update_copy(keys.to(cache.copy_k.dtype), idx)
-        return self.copy.mix(h, logits, keys, ids, allowed_from_positions(positions, keys.shape[1]), self.wte.weight)
+        return keys, ids, allowed_from_positions(positions, keys.shape[1])
 
     # -- accounting -----------------------------------------------------------------------------------
     def num_params(self, non_embedding: bool = False) -> int:
