@@ -12,7 +12,16 @@ pointer-generator networks do for extractive summarisation and QA:
 
 Pointing at position p predicts the token that followed it (x_{p+1}): the head finds an earlier place in
 the context that looks like "now" and copies what came next — an induction head in one step, with the
-copied token taken from the context ids rather than from the residual stream. The model returns log p as its
+copied token taken from the context ids rather than from the residual stream.
+
+Lookahead (`ModelConfig.copy_lookahead` = L): the key of p also sees the L tokens after it,
+    k_p = k(h_p) + k_next(e(x_{p+1})) + sum_{j=2..L} a_j * u(e(x_{p+j}))      (e: the token embedding)
+and query t may point at p only when p + L <= t (those tokens are then context, not the future). Why: a
+causal h_p knows nothing of the sentence that starts after p, so when an answer starts copying a passage
+sentence ("The Bridorhas has 2 legs."), the head could not tell it from the entity's other sentences that
+start the same way ("The Bridorhas is a red animal.") — the relation word comes later. With lookahead the
+key of the place before a sentence says what the sentence is about, as the bidirectional encoder of a
+pointer-generator network does. L = 1 is the plain head (and what checkpoints without the field load as). The model returns log p as its
 logits, so sampling, log-probs (PPO, DPO), losses and the engine need no change; the KV cache keeps the
 head's keys and the ids (`KVCache.update_copy`). Models with a copy head have no HF export (no HF
 architecture has one).
@@ -30,23 +39,41 @@ GATE_BIAS = -1.0  # the gate starts mostly closed (g = 0.27): early training is 
 
 
 class CopyHead(nn.Module):
-    def __init__(self, d_model: int, width: int):
+    def __init__(self, d_model: int, width: int, lookahead: int = 1):
         super().__init__()
         self.q = nn.Linear(d_model, width, bias=False)
         self.k = nn.Linear(d_model, width, bias=False)
         self.k_next = nn.Linear(d_model, width, bias=False)
         self.gate = nn.Linear(d_model, 1)
         self.scale = 1.0 / math.sqrt(width)
+        self.lookahead = lookahead
+        if lookahead > 1:  # tokens x_{p+2..p+L}: one shared projection, a per-offset weight on each channel
+            self.ahead = nn.Linear(d_model, width, bias=False)
+            self.ahead_w = nn.Parameter(torch.ones(lookahead - 1, width))
 
     def reset_gate(self) -> None:
         nn.init.zeros_(self.gate.weight)
         nn.init.constant_(self.gate.bias, GATE_BIAS)
+        if self.lookahead > 1:
+            nn.init.ones_(self.ahead_w)
+
+    def _keys(self, keys, ids, embedding):
+        """keys (B, S, w) from h; -> the keys (B, S-1, w) of positions 0..S-2 with what follows each (above).
+        Positions whose lookahead runs past the end get zeros there; the pointer mask never lets them be used."""
+        e = F.embedding(ids, embedding).to(keys.dtype)
+        keys = keys[:, :-1] + self.k_next(e[:, 1:])
+        if self.lookahead > 1:
+            S = ids.shape[1]
+            u = F.pad(self.ahead(e), (0, 0, 0, self.lookahead))  # (B, S + L, w)
+            for j in range(2, self.lookahead + 1):
+                keys = keys + self.ahead_w[j - 2].to(keys.dtype) * u[:, j:j + S - 1]
+        return keys
 
     def _pointer(self, h, keys, ids, allowed, embedding):
         """-> (attention (B, T, S-1) over the positions p whose next token x_{p+1} it copies, gate logit (B, T, 1))."""
-        # the key of p also says which token pointing at it copies (x_{p+1}, already in the context): the
-        # query can then pick a sentence by its next word, not only by where the last one was
-        keys = keys[:, :-1] + self.k_next(F.embedding(ids[:, 1:], embedding).to(keys.dtype))
+        # the key of p also says which token pointing at it copies (x_{p+1}, already in the context) and, with
+        # lookahead, what follows: the query can pick a sentence by its words, not only by where the last one was
+        keys = self._keys(keys, ids, embedding)
         scores = (self.q(h) @ keys.transpose(1, 2)).float() * self.scale  # (B, T, S-1)
         empty = ~allowed.any(-1, keepdim=True)  # the first position has nothing to point at
         scores = scores.masked_fill(~allowed, float("-inf")).masked_fill(empty, 0.0)
@@ -80,18 +107,20 @@ class CopyHead(nn.Module):
         return -(logp * valid).sum() / valid.sum().clamp_min(1)
 
 
-def allowed_in_sequence(T: int, device, segment_ids: torch.Tensor | None) -> torch.Tensor:
-    """Pointer mask of a cache-free forward: (1 or B, T, T-1), p < t; in packed rows, p and p+1 in t's sample."""
+def allowed_in_sequence(T: int, device, segment_ids: torch.Tensor | None, lookahead: int = 1) -> torch.Tensor:
+    """Pointer mask of a cache-free forward: (1 or B, T, T-1), p + lookahead <= t; in packed rows, p and p+1 in
+    t's sample (samples are contiguous, so everything from p to t is then t's sample)."""
     p = torch.arange(T - 1, device=device)
-    allowed = (p[None, :] < torch.arange(T, device=device)[:, None])[None]
+    allowed = (p[None, :] <= torch.arange(T, device=device)[:, None] - lookahead)[None]
     if segment_ids is not None:
         seg = segment_ids[:, :, None]
         allowed = allowed & (segment_ids[:, None, :-1] == seg) & (segment_ids[:, None, 1:] == seg)
     return allowed
 
 
-def allowed_from_positions(positions: torch.Tensor, S: int) -> torch.Tensor:
-    """Pointer mask of a cached forward: queries at `positions` ((T,) or (B, T)) may point at cached p < position."""
+def allowed_from_positions(positions: torch.Tensor, S: int, lookahead: int = 1) -> torch.Tensor:
+    """Pointer mask of a cached forward: queries at `positions` ((T,) or (B, T)) may point at cached p with
+    p + lookahead <= position."""
     p = torch.arange(S - 1, device=positions.device)
-    allowed = p < positions[..., None]
+    allowed = p <= positions[..., None] - lookahead
     return allowed if allowed.dim() == 3 else allowed[None]

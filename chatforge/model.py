@@ -57,6 +57,7 @@ class ModelConfig:
     dropout: float = 0.0
     init_std: float = 0.02
     copy_head: int = 0  # width of the copy head's pointer (chatforge/copyhead.py); 0 = none
+    copy_lookahead: int = 1  # tokens after a position its copy-head key sees (copyhead.py); 1 = the copied one
 
     def __post_init__(self) -> None:
         if not self.n_kv_head:
@@ -78,6 +79,8 @@ class ModelConfig:
             problems.append("RoPE needs an even head dimension")
         if self.copy_head < 0:
             problems.append(f"copy_head={self.copy_head} must be >= 0 (0 = no copy head)")
+        if self.copy_lookahead < 1:
+            problems.append(f"copy_lookahead={self.copy_lookahead} must be >= 1 (1 = the copied token only)")
         for name in ("vocab_size", "n_layer", "n_head", "d_model", "max_seq_len"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name}={getattr(self, name)} must be positive")
@@ -360,7 +363,7 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight
-        self.copy = CopyHead(cfg.d_model, cfg.copy_head) if cfg.copy_head else None
+        self.copy = CopyHead(cfg.d_model, cfg.copy_head, cfg.copy_lookahead) if cfg.copy_head else None
         if cfg.pos == "rope":
             cos, sin = rope_tables(cfg, cfg.max_seq_len)
             self.register_buffer("rope_cos", cos, persistent=False)
@@ -445,9 +448,9 @@ class GPT(nn.Module):
         """The copy head's (keys, ids, pointer mask) over what it may point at: this sequence, or the cache."""
         keys = self.copy.k(h)
         if cache is None:
-            return keys, idx, allowed_in_sequence(idx.shape[1], idx.device, segment_ids)
+            return keys, idx, allowed_in_sequence(idx.shape[1], idx.device, segment_ids, self.cfg.copy_lookahead)
         keys, ids, positions = cache.update_copy(keys.to(cache.copy_k.dtype), idx)
-        return keys, ids, allowed_from_positions(positions, keys.shape[1])
+        return keys, ids, allowed_from_positions(positions, keys.shape[1], self.cfg.copy_lookahead)
 
     # -- accounting -----------------------------------------------------------------------------------
     def num_params(self, non_embedding: bool = False) -> int:

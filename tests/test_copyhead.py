@@ -17,16 +17,22 @@ from chatforge.model import GPT, KVCache, ModelConfig
 CFG = dict(vocab_size=300, n_layer=2, n_head=4, n_kv_head=2, d_model=64, max_seq_len=64)
 
 
-def _model(copy_head: int = 16, seed: int = 0) -> GPT:
+def _model(copy_head: int = 16, seed: int = 0, lookahead: int = 1) -> GPT:
     torch.manual_seed(seed)
-    m = GPT(ModelConfig.preset_style("llama", **CFG, copy_head=copy_head)).eval()
+    m = GPT(ModelConfig.preset_style("llama", **CFG, copy_head=copy_head, copy_lookahead=lookahead)).eval()
     with torch.no_grad():  # an open, input-dependent gate, so the pointer's share is not the initial constant
         m.copy.gate.weight.normal_(0, 0.5)
+        if lookahead > 1:  # per-offset weights that differ, so a wrong shift would show
+            m.copy.ahead_w.normal_(1, 0.5)
     return m
 
 
-def test_output_is_a_distribution_and_the_first_position_is_the_plain_head():
-    m = _model()
+LOOKAHEADS = pytest.mark.parametrize("lookahead", [1, 4])
+
+
+@LOOKAHEADS
+def test_output_is_a_distribution_and_the_first_position_is_the_plain_head(lookahead):
+    m = _model(lookahead=lookahead)
     x = torch.randint(0, 300, (3, 40))
     with torch.no_grad():
         logp, _ = m(x)
@@ -39,8 +45,22 @@ def test_output_is_a_distribution_and_the_first_position_is_the_plain_head():
     assert (logp[0, 1:, absent] <= plain[0, 1:, absent] + 1e-5).all()
 
 
-def test_cache_prefill_decode_row_subsets_and_static_steps_equal_the_full_forward():
-    m = _model()
+@LOOKAHEADS
+def test_no_position_sees_a_later_token(lookahead):
+    """The lookahead keys read tokens after p: the mask must keep every one of them at or before the query."""
+    m = _model(lookahead=lookahead)
+    x = torch.randint(0, 300, (2, 40))
+    y = x.clone()
+    y[:, 20:] = torch.randint(0, 300, (2, 20))
+    with torch.no_grad():
+        a, b = m(x)[0], m(y)[0]
+    assert (a[:, :20] - b[:, :20]).abs().max() < 1e-5
+    assert (a[:, 20:] - b[:, 20:]).abs().max() > 1e-3
+
+
+@LOOKAHEADS
+def test_cache_prefill_decode_row_subsets_and_static_steps_equal_the_full_forward(lookahead):
+    m = _model(lookahead=lookahead)
     x = torch.randint(0, 300, (3, 40))
     with torch.no_grad():
         full, _ = m(x)
@@ -59,8 +79,9 @@ def test_cache_prefill_decode_row_subsets_and_static_steps_equal_the_full_forwar
         assert (m(x[:, 25:26], cache=cache)[0] - full[:, 25:26]).abs().max() < 1e-4
 
 
-def test_packed_samples_point_only_within_themselves():
-    m = _model()
+@LOOKAHEADS
+def test_packed_samples_point_only_within_themselves(lookahead):
+    m = _model(lookahead=lookahead)
     x = torch.randint(0, 300, (1, 40))
     seg = torch.tensor([[0] * 15 + [1] * 25])
     pos = torch.cat([torch.arange(15), torch.arange(25)])[None]
@@ -70,8 +91,9 @@ def test_packed_samples_point_only_within_themselves():
     assert (packed[0, :15] - first[0]).abs().max() < 1e-4 and (packed[0, 15:] - second[0]).abs().max() < 1e-4
 
 
-def test_gradients_are_finite_and_reach_the_pointer():
-    m = _model().train()
+@LOOKAHEADS
+def test_gradients_are_finite_and_reach_the_pointer(lookahead):
+    m = _model(lookahead=lookahead).train()
     x = torch.randint(0, 300, (2, 30))
     m(x, x)[1].backward()
     for name, p in m.named_parameters():
@@ -82,6 +104,8 @@ def test_gradients_are_finite_and_reach_the_pointer():
 def test_config_rejects_a_negative_width():
     with pytest.raises(ChatforgeError, match="copy_head"):
         ModelConfig(copy_head=-1)
+    with pytest.raises(ChatforgeError, match="copy_lookahead"):
+        ModelConfig(copy_head=16, copy_lookahead=0)
 
 
 def _train_on_repeats(copy_head: int, steps: int = 100) -> GPT:
@@ -132,3 +156,4 @@ def test_the_training_loss_equals_cross_entropy_of_the_mixture_and_has_the_same_
     assert abs(loss.item() - reference.item()) < 1e-5
     for n, p in m.named_parameters():
         assert torch.allclose(fast[n], p.grad, atol=1e-6), n
+
