@@ -9,8 +9,12 @@ Trains on the run's text (world/raw by default) and writes `tokenizer/tokenizer.
 
 Design choices:
 - No normaliser, byte-level alphabet: decode(encode(s)) == s for any Unicode string.
-- Pre-tokeniser splits letters runs (Han characters are letters), single digits (arithmetic), punctuation
-  and whitespace, so merges never cross those boundaries.
+- Pre-tokeniser splits runs of letters, single Han characters, single digits (arithmetic), punctuation and
+  whitespace, so merges never cross those boundaries. Han characters stand alone because Chinese has no
+  spaces: merged over whole runs, the world's templated Chinese became tokens such as 出产上好的纸张 (a
+  template's words and its value in one token; 66% of the values in Chinese articles were not whole
+  tokens), and a model can neither copy such a value out of a retrieved passage nor compose it. One token
+  per character (BERT-Chinese does the same) costs context: ~1.0 Chinese characters per token, not ~2.6.
 - Special tokens are never produced from plain text: `encode` of the string "<|eos|>" gives ordinary
   tokens, so user text can't inject control tokens. Only the template places them.
 - Chat format: <|bos|> then, per message, <|role|>content<|end|>; a generation prompt ends with
@@ -42,8 +46,9 @@ BOS, EOS, PAD, END = "<|bos|>", "<|eos|>", "<|pad|>", "<|end|>"
 ROLES = ("system", "user", "assistant")
 ROLE_TOKENS = {r: f"<|{r}|>" for r in ROLES}
 SPECIAL_TOKENS = [BOS, EOS, PAD, *ROLE_TOKENS.values(), END]
-# letters (with a leading non-letter like a space or quote), single digits, punctuation runs, whitespace
-SPLIT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+# letters other than Han (with a leading non-letter like a space or quote), single Han characters, single
+# digits, punctuation runs, whitespace
+SPLIT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|\p{Han}|[^\r\n\p{L}\p{N}]?[\p{L}&&[^\p{Han}]]+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 MIN_VOCAB = 256 + len(SPECIAL_TOKENS) + 1  # bytes + specials + at least one merge
 
 CHAT_TEMPLATE = (

@@ -20,7 +20,7 @@ def test_pipeline_until_then_resume_and_skip(tmp_path, capsys):
     assert (run / "data" / "meta.json").exists() and not (run / "base").exists()
     assert json.loads((run / "run.json").read_text())["preset"] == "tiny"
     stats = json.loads((run / "tokenizer" / "stats.json").read_text())
-    assert stats["chars_per_token"]["zh"] > 1 and stats["chars_per_token"]["en"] > 2
+    assert stats["chars_per_token"]["zh"] > 0.9 and stats["chars_per_token"]["en"] > 2
     # the raw world went through the cleaning stage; the tokenizer and the shards read what it kept
     assert "[2/10] clean: done" in out and "copies P 1.00" in out
     assert stats["sources"] == [str(run / "clean" / "docs.jsonl")]

@@ -66,7 +66,19 @@ def test_special_tokens_distinct_and_not_injectable(tok):
 
 def test_compresses_both_languages(tok):
     stats = chars_per_token(tok, CORPUS[:4])
-    assert stats["en"] > 1.5 and stats["zh"] > 1.0  # merges learned for both scripts
+    # English merges within words; a Han character's three UTF-8 bytes merge into one token (bytes alone: 0.33)
+    assert stats["en"] > 1.5 and stats["zh"] > 0.9
+
+
+def test_han_characters_are_whole_tokens_of_their_own():
+    """Merges never join two Han characters, however often they appear together: a value inside a Chinese
+    sentence (雾河 in 戈多通位于雾河边) is then made of whole tokens that can be copied out of a passage. With
+    merges over whole runs the world's templates became tokens such as 出产上好的纸张, value included."""
+    text = "戈多通位于雾河边。戈多通出产上好的纸张。"
+    tok = train_tokenizer([text] * 200, vocab_size=600)
+    pieces = [tok.decode([i]) for i in tok.encode(text)]
+    assert pieces[:8] == list("戈多通位于雾河边") and "纸" in pieces and "张" in pieces
+    assert [p for p in pieces if len(p) > 1] == []
 
 
 def test_encode_chat_structure(tok):
