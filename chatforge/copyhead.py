@@ -8,7 +8,7 @@ answered retrieved passages with invented values. The copy head makes copying on
 pointer-generator networks do for extractive summarisation and QA:
 
     p(v | x_<=t) = (1 - g_t) * softmax(lm_head(h_t))[v]  +  g_t * sum_{p < t, x_{p+1} = v} a_{t,p}
-    a_{t,p} = softmax_p( q(h_t) . k(h_p) / sqrt(d) ),   g_t = sigmoid(gate(h_t))
+    a_{t,p} = softmax_p( q(h_t) . k(h_p) / sqrt(d) ),   g_t = sigmoid(gate(h_t) + G(h_t) . sum_p a_{t,p} e(x_{p+1}))
 
 Pointing at position p predicts the token that followed it (x_{p+1}): the head finds an earlier place in
 the context that looks like "now" and copies what came next — an induction head in one step, with the
@@ -45,6 +45,9 @@ class CopyHead(nn.Module):
         self.k = nn.Linear(d_model, width, bias=False)
         self.k_next = nn.Linear(d_model, width, bias=False)
         self.gate = nn.Linear(d_model, 1)
+        # the gate also sees (the embedding of) the token the pointer would copy: after a number's last digit the
+        # pointer's next pick is the word after it, which is worth copying only inside a name, never after a number
+        self.gate_tok = nn.Linear(d_model, d_model, bias=False)
         self.scale = 1.0 / math.sqrt(width)
         self.lookahead = lookahead
         if lookahead > 1:  # tokens x_{p+2..p+L}: one shared projection, a per-offset weight on each channel
@@ -54,13 +57,14 @@ class CopyHead(nn.Module):
     def reset_gate(self) -> None:
         nn.init.zeros_(self.gate.weight)
         nn.init.constant_(self.gate.bias, GATE_BIAS)
+        nn.init.zeros_(self.gate_tok.weight)  # starts as the plain gate
         if self.lookahead > 1:
             nn.init.ones_(self.ahead_w)
 
-    def _keys(self, keys, ids, embedding):
-        """keys (B, S, w) from h; -> the keys (B, S-1, w) of positions 0..S-2 with what follows each (above).
-        Positions whose lookahead runs past the end get zeros there; the pointer mask never lets them be used."""
-        e = F.embedding(ids, embedding).to(keys.dtype)
+    def _keys(self, keys, ids, e):
+        """keys (B, S, w) from h, e (B, S, d) the embeddings of ids; -> the keys (B, S-1, w) of positions 0..S-2
+        with what follows each (above). Positions whose lookahead runs past the end get zeros there; the pointer
+        mask never lets them be used."""
         keys = keys[:, :-1] + self.k_next(e[:, 1:])
         if self.lookahead > 1:
             S = ids.shape[1]
@@ -73,12 +77,15 @@ class CopyHead(nn.Module):
         """-> (attention (B, T, S-1) over the positions p whose next token x_{p+1} it copies, gate logit (B, T, 1))."""
         # the key of p also says which token pointing at it copies (x_{p+1}, already in the context) and, with
         # lookahead, what follows: the query can pick a sentence by its words, not only by where the last one was
-        keys = self._keys(keys, ids, embedding)
+        e = F.embedding(ids, embedding).to(keys.dtype)
+        keys = self._keys(keys, ids, e)
         scores = (self.q(h) @ keys.transpose(1, 2)).float() * self.scale  # (B, T, S-1)
         empty = ~allowed.any(-1, keepdim=True)  # the first position has nothing to point at
         scores = scores.masked_fill(~allowed, float("-inf")).masked_fill(empty, 0.0)
         attn = torch.softmax(scores, dim=-1).masked_fill(~allowed, 0.0)
-        return attn, self.gate(h).float().masked_fill(empty, -float("inf"))  # no context: the plain head
+        candidate = attn.to(e.dtype) @ e[:, 1:]  # (B, T, d): the embedding of what the pointer copies
+        z = self.gate(h) + (self.gate_tok(h) * candidate).sum(-1, keepdim=True)
+        return attn, z.float().masked_fill(empty, -float("inf"))  # no context: the plain head
 
     def mix(self, h: torch.Tensor, logits: torch.Tensor, keys: torch.Tensor, ids: torch.Tensor,
             allowed: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:

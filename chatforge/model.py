@@ -503,9 +503,18 @@ def load_state(model_dir: str | Path, cfg: ModelConfig | None = None) -> dict:
     f = Path(model_dir) / "model.safetensors"
     if not f.is_file():
         raise ChatforgeError(f"{f}: missing; the stage that writes {model_dir} has not finished")
+    cfg = cfg or load_config(model_dir)
     sd = load_file(str(f))
-    if (cfg or load_config(model_dir)).tie_embeddings and "wte.weight" in sd:
+    if cfg.tie_embeddings and "wte.weight" in sd:
         sd.setdefault("lm_head.weight", sd["wte.weight"])
+    return with_added_weights(sd, cfg)
+
+
+def with_added_weights(sd: dict, cfg: ModelConfig) -> dict:
+    """Weights added to the model after a checkpoint was written, at the value that keeps its behaviour: the
+    copy head's token-aware gate (copy.gate_tok) is zero in a head trained without it."""
+    if cfg.copy_head and "copy.gate.weight" in sd and "copy.gate_tok.weight" not in sd:
+        sd["copy.gate_tok.weight"] = sd["copy.gate.weight"].new_zeros(cfg.d_model, cfg.d_model)
     return sd
 
 
@@ -521,7 +530,7 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> GPT
     except Exception as e:
         raise ChatforgeError(f"{f}: cannot read weights ({e}); the file is corrupt or truncated") from None
     model = GPT(cfg).to(device)
-    missing, unexpected = model.load_state_dict(sd, strict=False)
+    missing, unexpected = model.load_state_dict(with_added_weights(sd, cfg), strict=False)
     missing = [k for k in missing if not (cfg.tie_embeddings and k == "lm_head.weight")]
     if missing or unexpected:
         raise ChatforgeError(f"{f}: weights don't match config.json (missing {missing[:5]}, "

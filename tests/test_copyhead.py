@@ -101,6 +101,34 @@ def test_gradients_are_finite_and_reach_the_pointer(lookahead):
     assert m.copy.q.weight.grad.abs().sum() > 0 and m.copy.gate.weight.grad.abs().sum() > 0
 
 
+def test_the_gate_sees_the_token_the_pointer_copies():
+    """g_t = sigmoid(gate(h_t) + G(h_t) . sum_p a_{t,p} e(x_{p+1})): with G nonzero, changing only which token
+    sits where the pointer looks changes the gate, and so the mixture; a head written before G existed loads with
+    G = 0 and gives exactly its old outputs."""
+    import tempfile
+
+    from safetensors.torch import load_file, save_file
+
+    from chatforge.model import load_model, save_model
+
+    m = _model()
+    x = torch.randint(0, 300, (1, 30))
+    with torch.no_grad():
+        before = m(x)[0]
+        m.copy.gate_tok.weight.normal_(0, 0.5)
+        after = m(x)[0]
+    assert not torch.allclose(before, after)
+    with torch.no_grad():
+        m.copy.gate_tok.weight.zero_()
+    with tempfile.TemporaryDirectory() as d:
+        save_model(m, d)
+        sd = load_file(f"{d}/model.safetensors")
+        del sd["copy.gate_tok.weight"]  # as the head was saved before the token-aware gate
+        save_file(sd, f"{d}/model.safetensors")
+        with torch.no_grad():
+            assert torch.equal(load_model(d).eval()(x)[0], before)
+
+
 def test_config_rejects_a_negative_width():
     with pytest.raises(ChatforgeError, match="copy_head"):
         ModelConfig(copy_head=-1)
