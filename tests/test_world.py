@@ -62,27 +62,33 @@ def test_no_eval_item_shares_a_13_gram_with_training_data(world):
 
 
 def test_extra_grounded_demonstrations_read_their_passages_and_leak_nothing(world, tmp_path):
-    """`chatforge world --grounded N`: deterministic, every answer is a passage's own sentence cited with that
-    passage's number (or "the sources do not say" when no passage is about the asked entity), and no eval item
+    """`chatforge world --grounded N`: deterministic, every answer is a value written in a passage, cited with
+    that passage's number (or "the sources do not say" when no passage is about the asked entity), the passage
+    about the asked entity comes first in most of them (as a retriever ranks it, not always), and no eval item
     shares a 13-gram with them."""
     from chatforge.world.generate import write_grounded
-    from chatforge.world.library import NOT_IN_SOURCES
+    from chatforge.world.library import ANSWER_PREFIX, NOT_IN_SOURCES
 
     (tmp_path / "facts.json").write_bytes((world / "facts.json").read_bytes())
     first = write_grounded(tmp_path, 400).read_bytes()
     assert write_grounded(tmp_path, 400).read_bytes() == first
     demos = _jsonl(tmp_path / "grounded.jsonl")
     assert len(demos) == 400 and {d["task"] for d in demos} == {"grounded"}
-    misses = 0
+    misses, cited, invented_values = 0, [], 0
     for d in demos:
         sources, question, answer = (m["content"] for m in d["messages"])
         if answer in NOT_IN_SOURCES.values():
             misses += 1
             continue
-        n = int(re.search(r"\[(\d)\]", answer).group(1))
+        prefix, value, n = re.fullmatch(r"(Answer: |答案：)(.+?) ?\[(\d)\][.。]", answer).groups()
+        assert prefix in ANSWER_PREFIX.values()
         passage = re.search(rf"^\[{n}\] [^:]+: (.*)$", sources, re.M).group(1)
-        assert re.sub(r" ?\[\d\]", "", answer) in passage
+        assert value in passage
+        cited.append(int(n))
+        invented_values += value.endswith(("斯", "斯工坊"))  # an invented town / maker (INVENTED_LINK)
     assert 0.05 < misses / len(demos) < 0.3  # miss_rate 0.15
+    assert 0.75 < cited.count(1) / len(cited) < 0.95  # GOLD_FIRST 0.8, and shuffled ones land first too
+    assert invented_values > 10
     index = build_index([m["content"] for d in demos for m in d["messages"]])
     items = [it for f in sorted((world / "eval").glob("*.jsonl")) for it in _jsonl(f)]
     assert not [it["id"] for it in items for text in item_texts(it) if ngrams(text) & index]

@@ -106,18 +106,26 @@ FACTS = {
 INVENTED_SUFFIX = ("s", "斯")
 
 
-def invent_entity(w: World, rng: random.Random, kind: str) -> Entity:
-    """An entity that exists only where it is used (a reading passage): a fresh name, random facts, links to
-    known towns / companies. Reading about it is the only way to know its facts."""
+def invent_entity(w: World, rng: random.Random, kind: str, invented_link: float = 0.0) -> Entity:
+    """An entity that exists only where it is used (a reading passage): a fresh name, random facts, a link to a
+    known town / company, or with probability `invented_link` to an invented one (a name the tokenizer never
+    merged, so it is several tokens to copy: a withheld town such as Nuel is too, and a model that only ever
+    copied known names, one token each, copied its first token and went on with digits). Reading about it is
+    the only way to know its facts."""
     en, zh = syllable_name(rng, 3)
     en, zh = en + INVENTED_SUFFIX[0], zh + INVENTED_SUFFIX[1]
     if kind == "company":
         en, zh = en + COMPANY_SUFFIX[0], zh + COMPANY_SUFFIX[1]
     e = Entity(kind, en, zh, facts=FACTS[kind](rng))
-    if kind in ("person", "creature", "company"):
-        e.facts["town"] = w.towns.index(rng.choice(w.known("towns")))
-    if kind == "product":
-        e.facts["maker"] = w.companies.index(rng.choice(w.known("companies")))
+    link = {"person": "town", "creature": "town", "company": "town", "product": "maker"}.get(kind)
+    if link:
+        linked_kind = "town" if link == "town" else "company"
+        if rng.random() < invented_link:
+            e.facts[link] = invent_entity(w, rng, linked_kind)
+        elif link == "town":
+            e.facts[link] = w.towns.index(rng.choice(w.known("towns")))
+        else:
+            e.facts[link] = w.companies.index(rng.choice(w.known("companies")))
     return e
 
 
