@@ -28,7 +28,7 @@ demo: $(STAMP)
 	@echo "Talk to the assistant:  $(VENV)/bin/chatforge chat --run $(RUN)            (the SFT model; --stage base for the raw one)"
 	@echo "In the browser / API:   make serve   -> http://127.0.0.1:8000/  (OpenAI-compatible API at /v1)"
 	@echo "Continue a text:        $(VENV)/bin/chatforge sample --run $(RUN) --stage base --interactive"
-	@echo "Use it from Python:     $(VENV)/bin/chatforge export --run $(RUN) --stage sft --out exported/demo-sft"
+	@echo "Use it from Python:     $(VENV)/bin/chatforge export --run $(RUN) --stage sft --drop-copy-head --out exported/demo-sft"
 	@if [ -t 0 ]; then $(VENV)/bin/chatforge chat --run $(RUN) --stage sft; fi
 
 test: $(STAMP)
