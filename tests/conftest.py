@@ -20,9 +20,11 @@ from chatforge.world import generate_world
 # still takes effect after `import torch`.
 os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
-# A model small enough that a training step takes milliseconds on one CPU core.
+# A model small enough that a training step takes milliseconds on one CPU core. Without the tiny preset's copy
+# head: these tests check the plain model (an untrained one copies nothing, answers are text rather than the
+# prompt's special tokens copied back); tests/test_copyhead.py, the HF export test and the pipeline tests cover it.
 TINY_SETS = ["--set", "model.n_layer=2", "--set", "model.d_model=64", "--set", "model.n_head=4",
-             "--set", "model.n_kv_head=2", "--set", "model.max_seq_len=64"]
+             "--set", "model.n_kv_head=2", "--set", "model.max_seq_len=64", "--set", "model.copy_head=0"]
 TINY_TRAIN = ["--seq-len", "32", "--batch-size", "4", "--lr", "3e-3", "--warmup-steps", "5", "--log-every", "1"]
 
 
