@@ -496,15 +496,19 @@ def load_config(model_dir: str | Path) -> ModelConfig:
         raise ChatforgeError(f"{f}: not valid JSON ({e.msg})") from None
 
 
-def load_state(model_dir: str | Path, cfg: ModelConfig | None = None) -> dict:
-    """A model folder's weights as a state dict (a tied lm_head filled in from the embedding)."""
+def load_state(model_dir: str | Path, cfg: ModelConfig | None = None, device: str | torch.device = "cpu") -> dict:
+    """A model folder's weights as a state dict (a tied lm_head filled in from the embedding, weights added to
+    the model since the file was written filled in at their neutral value)."""
     from safetensors.torch import load_file
 
     f = Path(model_dir) / "model.safetensors"
     if not f.is_file():
         raise ChatforgeError(f"{f}: missing; the stage that writes {model_dir} has not finished")
     cfg = cfg or load_config(model_dir)
-    sd = load_file(str(f))
+    try:
+        sd = load_file(str(f), device=str(device))
+    except Exception as e:
+        raise ChatforgeError(f"{f}: cannot read weights ({e}); the file is corrupt or truncated") from None
     if cfg.tie_embeddings and "wte.weight" in sd:
         sd.setdefault("lm_head.weight", sd["wte.weight"])
     return with_added_weights(sd, cfg)
@@ -519,20 +523,12 @@ def with_added_weights(sd: dict, cfg: ModelConfig) -> dict:
 
 
 def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> GPT:
-    from safetensors.torch import load_file
-
     cfg = load_config(model_dir)
-    f = Path(model_dir) / "model.safetensors"
-    if not f.is_file():
-        raise ChatforgeError(f"{f}: missing; the stage that writes {model_dir} has not finished")
-    try:
-        sd = load_file(str(f), device=str(device))
-    except Exception as e:
-        raise ChatforgeError(f"{f}: cannot read weights ({e}); the file is corrupt or truncated") from None
+    sd = load_state(model_dir, cfg, device)
     model = GPT(cfg).to(device)
-    missing, unexpected = model.load_state_dict(with_added_weights(sd, cfg), strict=False)
-    missing = [k for k in missing if not (cfg.tie_embeddings and k == "lm_head.weight")]
+    missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing or unexpected:
+        f = Path(model_dir) / "model.safetensors"
         raise ChatforgeError(f"{f}: weights don't match config.json (missing {missing[:5]}, "
                              f"unexpected {unexpected[:5]})")
     return model

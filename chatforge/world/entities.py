@@ -106,6 +106,11 @@ FACTS = {
 INVENTED_SUFFIX = ("s", "斯")
 
 
+# an invented entity's link: the fact, the kind of entity it names, and the world's list of those
+LINKS = {"person": ("town", "town", "towns"), "creature": ("town", "town", "towns"),
+         "company": ("town", "town", "towns"), "product": ("maker", "company", "companies")}
+
+
 def invent_entity(w: World, rng: random.Random, kind: str, invented_link: float = 0.0) -> Entity:
     """An entity that exists only where it is used (a reading passage): a fresh name, random facts, a link to a
     known town / company, or with probability `invented_link` to an invented one (a name the tokenizer never
@@ -117,15 +122,12 @@ def invent_entity(w: World, rng: random.Random, kind: str, invented_link: float 
     if kind == "company":
         en, zh = en + COMPANY_SUFFIX[0], zh + COMPANY_SUFFIX[1]
     e = Entity(kind, en, zh, facts=FACTS[kind](rng))
-    link = {"person": "town", "creature": "town", "company": "town", "product": "maker"}.get(kind)
-    if link:
-        linked_kind = "town" if link == "town" else "company"
+    if kind in LINKS:
+        fact, linked_kind, pool = LINKS[kind]
         if rng.random() < invented_link:
-            e.facts[link] = invent_entity(w, rng, linked_kind)
-        elif link == "town":
-            e.facts[link] = w.towns.index(rng.choice(w.known("towns")))
+            e.facts[fact] = invent_entity(w, rng, linked_kind)
         else:
-            e.facts[link] = w.companies.index(rng.choice(w.known("companies")))
+            e.facts[fact] = getattr(w, pool).index(rng.choice(w.known(pool)))
     return e
 
 
