@@ -212,7 +212,7 @@ def test_sft_stage_trains_selects_and_writes_a_model(pretrained_run):
     assert info["complete"] and info["selected_step"] in (3, 6)
     sel = json.loads((out / "selection.json").read_text())
     assert set(sel["candidates"]) == {"3", "6"} and sel["best_step"] == info["selected_step"]
-    assert {"format", "refusal", "instruction_score"} <= set(sel["candidates"]["3"])
+    assert {"format", "refusal", "reading", "instruction_score"} <= set(sel["candidates"]["3"])
     data = info["data"]
     assert data["kept"] == data["train_conversations"] + data["val_conversations"] and data["val_conversations"] > 0
     model, picked = load_model(out), load_model(out / "best")  # the saved model is the best candidate

@@ -98,6 +98,27 @@ def test_extra_grounded_demonstrations_read_their_passages_and_leak_nothing(worl
         write_grounded(tmp_path / "nowhere", 5)
 
 
+def test_reading_dev_items_ask_held_out_wordings_about_invented_entities(world, tmp_path):
+    """SFT selection's reading dev items: deterministic, the answer is in the passage about the asked entity,
+    questions in held-out wordings, entities invented (none is retrieval_qa's), [] without a world."""
+    from chatforge.world.generate import reading_dev_items
+    from chatforge.world.templates import question_templates
+
+    items = reading_dev_items(world, 40)
+    assert items == reading_dev_items(world, 40) and len(items) == 40
+    heldout = {lang: [re.escape(t).replace(r"\{name\}", "(.+)") for r in RELATIONS
+                      for t in question_templates(r, lang, heldout=True)] for lang in ("en", "zh")}
+    withheld = {json.loads(line)["title"] for line in (world / "library" / "docs.jsonl").read_text().split("\n")
+                if line and json.loads(line)["withheld"]}
+    for it in items:
+        sources, question = (m["content"] for m in it["messages"])
+        name = next(m.group(1) for t in heldout[it["lang"]] if (m := re.fullmatch(t, question)))
+        assert name.endswith(("s", "斯", "s Works", "斯工坊")) and name not in withheld
+        passage = re.search(rf"^\[\d\] {re.escape(name)}: (.*)$", sources, re.M).group(1)
+        assert it["answers"][0] in passage and it["scorer"] == "contains_match"
+    assert reading_dev_items(tmp_path / "nowhere", 5) == []
+
+
 def test_the_leak_check_can_fail():
     """The n-gram check itself catches a copied phrase (so the test above is not vacuous)."""
     sentence = "the quick brown fox jumps over the lazy dog near the old mill by the river"

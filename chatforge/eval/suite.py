@@ -45,6 +45,9 @@ DEFAULT_NEW_TOKENS = 40
 # what SFT is for: following instructions in a conversation (checkpoint selection maximises their mean)
 INSTRUCTION_TASKS = ("format", "knowledge_qa", "multiturn_qa", "sentiment", "extraction", "translation",
                      "refusal", "honesty")
+# dev-only tasks checkpoint selection also scores when the caller supplies their items (world.generate's
+# reading_dev_items: answering from given passages, which retrieval_qa@rag measures on other entities)
+DEV_TASKS = ("reading",)
 # what each task's score means (all are "higher is better" except bpb)
 METRIC = {"knowledge_qa": "accuracy", "knowledge_mc": "accuracy (4 choices, log-likelihood)",
           "retrieval_qa": "accuracy, closed-book (entities no training text mentions)", "multiturn_qa": "accuracy", "arithmetic_direct": "accuracy",
@@ -202,26 +205,28 @@ def run_suite(run: str | Path, stage: str, tasks: list[str] | None = None, limit
 
 
 def instruction_score(results: dict) -> float:
-    """Mean score over the instruction-following tasks present (what SFT checkpoint selection maximises)."""
-    scores = [results["tasks"][t]["score"] for t in INSTRUCTION_TASKS if t in results["tasks"]]
+    """Mean score over the instruction-following and dev tasks present (what SFT checkpoint selection maximises)."""
+    scores = [results["tasks"][t]["score"] for t in INSTRUCTION_TASKS + DEV_TASKS if t in results["tasks"]]
     return sum(scores) / len(scores) if scores else 0.0
 
 
 def score_model(run: Path, model: GPT, tok: Tokenizer, chat: bool, tasks: list[str] | None = None,
                 limit: int | None = None, progress: bool = True, self_consistency: int = 0, index=None,
-                retrieval_k: int = 3, calculator: bool = False, moderator=None) -> dict:
+                retrieval_k: int = 3, calculator: bool = False, moderator=None,
+                extra_items: dict[str, list[dict]] | None = None) -> dict:
     """The suite on an in-memory model (no files written): {"mode", "tasks": {task: {...}}, "seconds"}.
     `self_consistency` k > 1 adds `<task>@sc<k>` rows for the arithmetic tasks: the majority answer of k
     samples (temperature 0.7) per item (eval/consistency.py). `index` (a RetrievalIndex) adds `<task>@rag`
     rows for the retrieval tasks: the same items answered from its top `retrieval_k` passages (eval/rag.py).
     `calculator` adds `<task>@calc` rows for the arithmetic tasks: greedy answers whose `<<calc: EXPR>>` calls
     the calculator tool answers (tools/loop.py). `moderator` (safety/moderation.py) adds `refusal+moderation`:
-    refusal decisions with the moderator screening the question and the answer, as the server does."""
+    refusal decisions with the moderator screening the question and the answer, as the server does.
+    `extra_items` ({task: items}) are scored like the world's tasks (SFT selection's dev items)."""
     model.eval()
     engine = Engine(model, tok, max_batch=16)
     results: dict = {"mode": "chat" if chat else f"{SHOTS}-shot", "tasks": {}}
     t0 = time.perf_counter()
-    loaded = load_tasks(run, tasks, limit)
+    loaded = {**load_tasks(run, tasks, limit), **(extra_items or {})}
     for task, items in tqdm(loaded.items(), desc="eval", total=len(loaded), disable=not progress):
         if not items:
             continue

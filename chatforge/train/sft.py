@@ -127,6 +127,7 @@ def plan_sft(run: Path, tcfg: TrainConfig, opts: SFTOptions) -> dict:
 
 def run_sft(run: str | Path, tcfg: TrainConfig, opts: SFTOptions, fresh: bool = False) -> dict:
     from chatforge.eval.suite import INSTRUCTION_TASKS, instruction_score, score_model
+    from chatforge.world.generate import reading_dev_items
 
     run = require_run(run)
     if opts.init_from:
@@ -190,13 +191,17 @@ def run_sft(run: str | Path, tcfg: TrainConfig, opts: SFTOptions, fresh: bool = 
         return model
 
     selection_file = out / "selection.json"
+    # reading from given passages counts in the choice too: without it the choice rests on the other tasks'
+    # noisy 30-item scores, and the demo kept step 150 of 400 whose retrieval answers were 20 points worse
+    # (README, what was tried for reading)
+    reading_dev = reading_dev_items(stage_dir(run, "world"), opts.select_limit) if opts.select else []
 
     def on_eval(step: int, state: dict, info) -> None:
         if not (opts.select and info.is_main):
             return
         model = plain(state)
         scores = score_model(run, model, tok, chat=True, tasks=list(INSTRUCTION_TASKS), limit=opts.select_limit,
-                             progress=False)
+                             progress=False, extra_items={"reading": reading_dev})
         score = instruction_score(scores)
         sel = json.loads(selection_file.read_text()) if selection_file.is_file() else {"candidates": {}}
         sel["candidates"][str(step)] = {"instruction_score": score,

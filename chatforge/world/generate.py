@@ -109,6 +109,27 @@ def write_grounded(world_dir: str | Path, n: int, seed: int | None = None, size:
     return out
 
 
+def reading_dev_items(world_dir: str | Path, n: int) -> list[dict]:
+    """n dev items for SFT checkpoint selection: grounded questions about invented entities with the passages
+    given (library.grounded_case, always answerable), asked in the held-out wordings — what retrieval_qa asks,
+    about entities disjoint from its withheld ones, so choosing a checkpoint on them never looks at its items.
+    Not in world/eval: the sources block repeats training text (its instruction line), which decontamination
+    would rightly drop. Deterministic for the world's seed; [] for a folder without facts.json."""
+    facts_path = Path(world_dir) / "facts.json"
+    if not facts_path.is_file():
+        return []
+    facts = json.loads(facts_path.read_text(encoding="utf-8"))
+    w = build_world(facts["seed"], SIZES[facts["size"]])
+    rng = part_rng(facts["seed"], "reading-dev")
+    out = []
+    for i in range(n):
+        lang = rng.choice(LANGS)
+        messages, (value, _) = library.grounded_case(w, rng, lang, miss_rate=0.0, heldout=True)
+        out.append({"id": f"reading-{i}", "task": "reading", "lang": lang, "messages": messages,
+                    "answers": [value], "reference_answer": value, "scorer": "contains_match"})
+    return out
+
+
 def generate_world(run_dir: str | Path, seed: int = 0, size: str = "tiny", labeler_noise: float = LABELER_NOISE,
                    labelers: int = LABELERS) -> Path:
     """Write the world into `run_dir/world` and return that folder."""

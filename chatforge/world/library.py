@@ -66,13 +66,14 @@ def cited_answer(value: str, n: int, lang: str) -> str:
     return f"{ANSWER_PREFIX[lang]}{value} [{n}]." if lang == "en" else f"{ANSWER_PREFIX[lang]}{value}[{n}]。"
 
 
-def grounded_example(w: World, rng: random.Random, lang: str, miss_rate: float = 0.15) -> list[dict]:
-    """A grounded chat turn: a sources block of one to three articles about invented entities of one kind
-    (the asked one and distractors; the asked one first with probability GOLD_FIRST; with probability
-    `miss_rate` distractors only), the question, and a short extractive answer: the asked value exactly as
-    the passage writes it, cited. Short on purpose: what a small model must learn is to find one value in a
-    passage and copy it. Answers that copied the whole sentence made it pick a sentence first, which it got
-    wrong (5.0% with retrieval), and paraphrased answers also asked it to rewrite (0.0%)."""
+def grounded_case(w: World, rng: random.Random, lang: str, miss_rate: float = 0.15,
+                  heldout: bool = False) -> tuple[list[dict], tuple[str, int] | None]:
+    """(system sources + user question, (the asked value, the number of its passage)), the second None when
+    no passage is about the asked entity.
+    The sources block holds one to three articles about invented entities of one kind (the asked one and
+    distractors; the asked one first with probability GOLD_FIRST; with probability `miss_rate` distractors
+    only). Training questions (`heldout` False) come in the 7 training wordings; the reading dev items
+    (generate.reading_dev_items) ask in the 2 held-out wordings, as retrieval_qa does."""
     kind = rng.choice(list(GROUP))
     invented: dict[str, Entity] = {}
     while len(invented) < 4:  # four different names
@@ -90,7 +91,16 @@ def grounded_example(w: World, rng: random.Random, lang: str, miss_rate: float =
     while len(passages) > 1 and len(sources_block(passages, lang)) > MAX_SOURCES_CHARS[lang]:
         drop = next(i for i in reversed(range(len(picked))) if picked[i] is not e)
         del picked[drop], passages[drop]
-    q = rng.choice(question_templates(r, lang)).format(**f)
-    a = NOT_IN_SOURCES[lang] if miss else cited_answer(f[RELATIONS[r]["answer"]], picked.index(e) + 1, lang)
-    return [{"role": "system", "content": sources_block(passages, lang)}, {"role": "user", "content": q},
-            {"role": "assistant", "content": a}]
+    q = rng.choice(question_templates(r, lang, heldout)).format(**f)
+    hit = None if miss else (f[RELATIONS[r]["answer"]], picked.index(e) + 1)
+    return [{"role": "system", "content": sources_block(passages, lang)}, {"role": "user", "content": q}], hit
+
+
+def grounded_example(w: World, rng: random.Random, lang: str, miss_rate: float = 0.15) -> list[dict]:
+    """A grounded chat turn (grounded_case) with its short extractive answer: the asked value exactly as the
+    passage writes it, cited. Short on purpose: what a small model must learn is to find one value in a
+    passage and copy it. Answers that copied the whole sentence made it pick a sentence first, which it got
+    wrong (5.0% with retrieval), and paraphrased answers also asked it to rewrite (0.0%)."""
+    messages, hit = grounded_case(w, rng, lang, miss_rate)
+    a = NOT_IN_SOURCES[lang] if hit is None else cited_answer(hit[0], hit[1], lang)
+    return [*messages, {"role": "assistant", "content": a}]
