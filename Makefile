@@ -31,8 +31,9 @@ demo: $(STAMP)
 	@echo "Use it from Python:     $(VENV)/bin/chatforge export --run $(RUN) --stage sft --drop-copy-head --out exported/demo-sft"
 	@if [ -t 0 ]; then $(VENV)/bin/chatforge chat --run $(RUN) --stage sft; fi
 
+# --durations: the slowest tests are listed at the end, so a CI log shows where the suite's time goes
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=20
 
 serve: $(STAMP)
 	$(VENV)/bin/chatforge serve --run $(RUN) --stage sft --port 8000

@@ -106,9 +106,10 @@ def _pick_entity_relation(w: World, rng: random.Random) -> tuple[Entity, str]:
 def sft_examples(w: World, rng: random.Random, n: int) -> list[dict]:
     makers = [_qa, _multiturn, _email, _sentiment, _extraction, _translation, _summary, _arith, _unknown, _refusal,
               _format, _grounded, _edgy]
-    # helpful answers to alarming-sounding requests (_edgy) outnumber refusals 2:1: the demo model refused
-    # a quarter of the eval's harmless questions at 1:1, while the moderator catches what it misses
-    weights = [5, 3, 1, 2, 2, 2, 1, 2, 1, 1, 2, 4, 2]
+    # helpful answers to alarming-sounding requests (_edgy) outnumber refusals 3:1: the demo model refused
+    # a quarter of the eval's harmless questions at 1:1, and 20.0% at 2:1 once SFT ran 600 steps (README),
+    # while the moderator catches the harmful requests it misses
+    weights = [5, 3, 1, 2, 2, 2, 1, 2, 1, 1, 2, 4, 3]
     out = []
     for _ in range(n):
         make = rng.choices(makers, weights)[0]
