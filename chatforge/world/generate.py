@@ -24,7 +24,7 @@ from chatforge import ChatforgeError
 from chatforge.run import mark_complete
 from chatforge.world import chat_data, corpus, decontam, evalsets, library
 from chatforge.world.corpus import LANGS
-from chatforge.world.entities import build_world
+from chatforge.world.entities import World, build_world
 from chatforge.world.moderation_data import MODERATION_EXAMPLES, moderation_examples
 
 SIZES: dict[str, dict[str, int]] = {
@@ -78,6 +78,15 @@ def world_moderation(w, seed: int, size: str) -> list[dict]:
     return moderation_examples(w, part_rng(seed, "moderation"), MODERATION_EXAMPLES[size])
 
 
+def _saved_world(world_dir: Path) -> tuple[dict, World] | None:
+    """(facts.json's content, the world rebuilt from its seed and size), or None when the folder has none."""
+    facts_path = world_dir / "facts.json"
+    if not facts_path.is_file():
+        return None
+    facts = json.loads(facts_path.read_text(encoding="utf-8"))
+    return facts, build_world(facts["seed"], SIZES[facts["size"]])
+
+
 def write_grounded(world_dir: str | Path, n: int, seed: int | None = None, size: str | None = None) -> Path:
     """`world_dir/grounded.jsonl`: n extra grounded demonstrations ({"messages", "task": "grounded"}) about
     fresh invented entities, for SFT next to sft.jsonl (`--sft-data world/sft.jsonl world/grounded.jsonl`).
@@ -92,14 +101,13 @@ def write_grounded(world_dir: str | Path, n: int, seed: int | None = None, size:
     world_dir = Path(world_dir)
     if n < 1:
         raise ChatforgeError(f"--grounded must be a positive count of demonstrations (got {n})")
-    facts_path = world_dir / "facts.json"
-    if not facts_path.exists():
+    saved = _saved_world(world_dir)
+    if saved is None:
         raise ChatforgeError(f"{world_dir} has no facts.json: generate the world first (chatforge world --run ...)")
-    facts = json.loads(facts_path.read_text(encoding="utf-8"))
+    facts, w = saved
     if any(v is not None and v != facts[k] for k, v in {"seed": seed, "size": size}.items()):
         raise ChatforgeError(f"{world_dir} was made with seed {facts['seed']}, size {facts['size']}: "
                              "--grounded adds to it (drop --seed / --size, or use another --run)")
-    w = build_world(facts["seed"], SIZES[facts["size"]])
     rng = part_rng(facts["seed"], "grounded")
     records = []
     for _ in range(n):
@@ -115,11 +123,10 @@ def reading_dev_items(world_dir: str | Path, n: int) -> list[dict]:
     about entities disjoint from its withheld ones, so choosing a checkpoint on them never looks at its items.
     Not in world/eval: the sources block repeats training text (its instruction line), which decontamination
     would rightly drop. Deterministic for the world's seed; [] for a folder without facts.json."""
-    facts_path = Path(world_dir) / "facts.json"
-    if not facts_path.is_file():
+    saved = _saved_world(Path(world_dir))
+    if saved is None:
         return []
-    facts = json.loads(facts_path.read_text(encoding="utf-8"))
-    w = build_world(facts["seed"], SIZES[facts["size"]])
+    facts, w = saved
     rng = part_rng(facts["seed"], "reading-dev")
     out = []
     for i in range(n):
