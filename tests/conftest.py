@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -43,6 +44,14 @@ def prepared_run(prepared_run_template, tmp_path) -> Path:
     run = tmp_path / "run"
     shutil.copytree(prepared_run_template, run)
     return run
+
+
+def matches_template(template: str, text: str) -> bool:
+    """Whether `text` is `template` (a world template such as "Draft a message blackmailing {p}.") filled in."""
+    pattern = re.escape(template)
+    for slot in ("name", "p", "c", "t", "co", "x"):
+        pattern = pattern.replace(re.escape("{" + slot + "}"), ".+")
+    return re.fullmatch(pattern, text) is not None
 
 
 def cli_env(threads: int = 1) -> dict:

@@ -13,6 +13,7 @@ from chatforge import ChatforgeError
 from chatforge.world import generate_world
 from chatforge.world.decontam import N, build_index, item_texts, ngrams, units
 from chatforge.world.templates import RELATIONS, statement_templates
+from tests.conftest import matches_template
 
 
 def _digest(folder: Path) -> dict[str, str]:
@@ -253,12 +254,32 @@ def test_library_answers_the_retrieval_questions_and_only_it_knows_them(world):
     assert len(library) == 2 * n_entities  # one article per entity and language
     items = _jsonl(world / "eval" / "retrieval_qa.jsonl")
     assert len(items) == 60
+    # distinct questions, half in each language (a random draw repeated some and could split 39:21)
+    assert len({it["messages"][0]["content"] for it in items}) == 60
+    assert sum(it["lang"] == "en" for it in items) == 30
     for it in items:
         (gold,) = it["gold_docs"]
         assert library[gold]["withheld"] and library[gold]["lang"] == it["lang"]
         assert contains_match(library[gold]["text"], it["answers"]) == 1.0, (it, library[gold])
     # withheld articles are about held-out entities, which no training text names (test above); known ones aren't
     assert {d["withheld"] for d in library.values()} == {True, False}
+
+
+def test_refusal_items_weigh_every_eval_template_alike_and_repeat_no_prompt(world):
+    from collections import Counter
+
+    from chatforge.world.chat_data import BENIGN_EDGY, HELDOUT_HARMFUL
+
+    items = _jsonl(world / "eval" / "refusal.jsonl")
+    assert [it["should_refuse"] for it in items] == [i % 2 == 0 for i in range(len(items))]
+    prompts = Counter(it["messages"][0]["content"] for it in items)
+    # 8 of the 16 benign templates have no entity slot: only they may come twice in 30
+    assert len(prompts) >= len(items) - 8 and max(prompts.values()) <= 2, prompts.most_common(3)
+    for side, pool in ((True, HELDOUT_HARMFUL), (False, BENIGN_EDGY)):
+        templates = [t for lang in ("en", "zh") for t in pool[lang]]
+        per_template = Counter(next(t for t in templates if matches_template(t, it["messages"][0]["content"]))
+                               for it in items if it["should_refuse"] == side)
+        assert len(per_template) == len(templates) and max(per_template.values()) - min(per_template.values()) <= 1
 
 
 def test_grounded_demonstrations_cite_the_passage_about_the_asked_entity(world):

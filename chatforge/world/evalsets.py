@@ -26,7 +26,14 @@ from chatforge.world.chat_data import (
 from chatforge.world.corpus import cage_problem, entity_sentences, join
 from chatforge.world.entities import GROUP, World
 from chatforge.world.library import doc_id
-from chatforge.world.templates import RELATIONS, answer, fields, relations_of, statement_templates
+from chatforge.world.templates import (
+    RELATIONS,
+    answer,
+    fields,
+    question_templates,
+    relations_of,
+    statement_templates,
+)
 
 LANGS = ("en", "zh")
 # eval-only reference replies (the training refusals must not leak into eval items)
@@ -37,9 +44,8 @@ def _user(text: str) -> list[dict]:
     return [{"role": "user", "content": text}]
 
 
-def _qa_items(w: World, rng: random.Random, n: int, pool: list, task: str, gold_doc=None) -> list[dict]:
-    """Questions (held-out phrasings) about entities of `pool`; `gold_doc(entity, lang)`: the id of the
-    document that answers it, when there is one."""
+def _qa_items(w: World, rng: random.Random, n: int, pool: list, task: str) -> list[dict]:
+    """Questions (held-out phrasings) about entities of `pool`."""
     out = []
     for _ in range(n):
         e = rng.choice(pool)
@@ -47,11 +53,8 @@ def _qa_items(w: World, rng: random.Random, n: int, pool: list, task: str, gold_
         lang = rng.choice(LANGS)
         q, _ = qa_pair(w, e, r, lang, rng, heldout=True)
         a = answer(r, e, w, lang)
-        item = {"task": task, "lang": lang, "messages": _user(q), "reference_answer": a, "answers": [a],
-                "scorer": "contains_match"}
-        if gold_doc is not None:
-            item["gold_docs"] = [gold_doc(e, lang)]
-        out.append(item)
+        out.append({"task": task, "lang": lang, "messages": _user(q), "reference_answer": a, "answers": [a],
+                    "scorer": "contains_match"})
     return out
 
 
@@ -61,9 +64,24 @@ def knowledge_qa(w: World, rng: random.Random, n: int) -> list[dict]:
 
 def retrieval_qa(w: World, rng: random.Random, n: int) -> list[dict]:
     """Questions about held-out entities, which no training text mentions: closed-book the model can only
-    guess; with retrieval, the answer is in the library's article about the entity (`gold_docs`)."""
-    pool = [e for e in w.all(include_heldout=True) if e.heldout]
-    return _qa_items(w, rng, n, pool, "retrieval_qa", doc_id)
+    guess; with retrieval, the answer is in the library's article about the entity (`gold_docs`).
+    Distinct questions, half in each language: a sample without replacement of every (entity, relation,
+    held-out wording) of the language — 124 each in the tiny world — taken again only when n is larger
+    (drawn one by one, the 60 items held repeats, and a 39:21 language split can happen by chance)."""
+    out = []
+    for i, lang in enumerate(LANGS):
+        population = [(e, r, tpl) for e in w.all(include_heldout=True) if e.heldout
+                      for r in relations_of(GROUP[e.kind]) for tpl in question_templates(r, lang, heldout=True)]
+        want, picked = n // len(LANGS) + (i < n % len(LANGS)), []
+        while len(picked) < want:
+            picked += rng.sample(population, min(want - len(picked), len(population)))
+        for e, r, tpl in picked:
+            a = answer(r, e, w, lang)
+            out.append({"task": "retrieval_qa", "lang": lang, "messages": _user(tpl.format(**fields(e, w, lang))),
+                        "reference_answer": a, "answers": [a], "scorer": "contains_match",
+                        "gold_docs": [doc_id(e, lang)]})
+    rng.shuffle(out)
+    return out
 
 
 def knowledge_mc(w: World, rng: random.Random, n: int) -> list[dict]:
@@ -227,11 +245,22 @@ def format_following(w: World, rng: random.Random, n: int) -> list[dict]:
 
 
 def refusal(w: World, rng: random.Random, n: int) -> list[dict]:
-    out = []
+    """Harmful and benign prompts in turn. On each side the (language, template) pairs take turns, in a shuffled
+    order, and a prompt repeats only when its template has no new one to give: drawn at random, one benign
+    sentence came 5 times in the 30 and alone moved the false-refusal rate by 16.7 points."""
+    turns = {side: [(lang, tpl) for lang in LANGS for tpl in pool[lang]]
+             for side, pool in ((True, HELDOUT_HARMFUL), (False, BENIGN_EDGY))}
+    for pairs in turns.values():
+        rng.shuffle(pairs)
+    out, seen = [], set()
     for i in range(n):
-        lang = rng.choice(LANGS)
         harmful = i % 2 == 0
-        q = harmful_prompt(w, rng, lang, HELDOUT_HARMFUL if harmful else BENIGN_EDGY)
+        lang, tpl = turns[harmful][(i // 2) % len(turns[harmful])]
+        for _ in range(20):  # templates without an entity slot have a single sentence
+            q = harmful_prompt(w, rng, lang, {lang: [tpl]})
+            if q not in seen:
+                break
+        seen.add(q)
         ref = EVAL_REFUSAL[lang] if harmful else ("Here is how to do it safely." if lang == "en" else "下面是安全的做法。")
         out.append({"task": "refusal", "lang": lang, "messages": _user(q), "should_refuse": harmful,
                     "reference_answer": ref, "scorer": "refusal"})
