@@ -36,7 +36,8 @@ COLOURS = {"base": "#7f7f7f", "sft": "#1f77b4", "ppo": "#ff7f0e", "dpo": "#2ca02
 # what a task-name suffix means (eval writes "<task>@rag", "<task>@sc8", "<task>@calc", "refusal+moderation")
 VARIANTS = (("@rag", "with retrieval"), ("@sc", "self-consistency, {} samples"),
             ("@calc", "with the calculator tool"), ("+moderation", "with the moderation filter"))
-PLAIN_NOTES = {"arithmetic_direct": "no chain-of-thought", "arithmetic_cot": "with chain-of-thought"}
+PLAIN_NOTES = {"arithmetic_direct": "no chain-of-thought", "arithmetic_cot": "with chain-of-thought",
+               "retrieval_qa_seen": "asked in training wordings"}
 PLOTS = ("losses.png", "ppo.png", "capabilities.png", "funnel.png")
 LN2 = math.log(2)  # the pairwise loss of a model that cannot tell the answers apart
 

@@ -12,7 +12,7 @@ import pytest
 from chatforge import ChatforgeError
 from chatforge.world import generate_world
 from chatforge.world.decontam import N, build_index, item_texts, ngrams, units
-from chatforge.world.templates import RELATIONS, statement_templates
+from chatforge.world.templates import RELATIONS, question_templates, statement_templates
 from tests.conftest import matches_template
 
 
@@ -242,7 +242,8 @@ def test_formats_and_coverage(world):
     assert all("answer" in p for p in prompts)
     tasks = {f.stem for f in (world / "eval").glob("*.jsonl")}
     assert tasks == {"knowledge_qa", "knowledge_mc", "multiturn_qa", "arithmetic_direct", "arithmetic_cot", "icl", "sentiment",
-                     "extraction", "translation", "format", "refusal", "honesty", "bpb", "retrieval_qa"}
+                     "extraction", "translation", "format", "refusal", "honesty", "bpb", "retrieval_qa",
+                     "retrieval_qa_seen"}
 
 
 def test_library_answers_the_retrieval_questions_and_only_it_knows_them(world):
@@ -252,15 +253,19 @@ def test_library_answers_the_retrieval_questions_and_only_it_knows_them(world):
     facts = _facts(world)
     n_entities = sum(len(facts[g]) for g in ("towns", "people", "creatures", "companies", "products"))
     assert len(library) == 2 * n_entities  # one article per entity and language
-    items = _jsonl(world / "eval" / "retrieval_qa.jsonl")
-    assert len(items) == 60
-    # distinct questions, half in each language (a random draw repeated some and could split 39:21)
-    assert len({it["messages"][0]["content"] for it in items}) == 60
-    assert sum(it["lang"] == "en" for it in items) == 30
-    for it in items:
-        (gold,) = it["gold_docs"]
-        assert library[gold]["withheld"] and library[gold]["lang"] == it["lang"]
-        assert contains_match(library[gold]["text"], it["answers"]) == 1.0, (it, library[gold])
+    for task, heldout in (("retrieval_qa", True), ("retrieval_qa_seen", False)):
+        items = _jsonl(world / "eval" / f"{task}.jsonl")
+        assert len(items) == 60
+        # distinct questions, half in each language (a random draw repeated some and could split 39:21)
+        assert len({it["messages"][0]["content"] for it in items}) == 60
+        assert sum(it["lang"] == "en" for it in items) == 30
+        for it in items:
+            (gold,) = it["gold_docs"]
+            assert library[gold]["withheld"] and library[gold]["lang"] == it["lang"]
+            assert contains_match(library[gold]["text"], it["answers"]) == 1.0, (it, library[gold])
+            # retrieval_qa asks in the held-out wordings, retrieval_qa_seen in the training ones
+            wordings = [t for r in RELATIONS for t in question_templates(r, it["lang"], heldout)]
+            assert any(matches_template(t, it["messages"][0]["content"]) for t in wordings), it
     # withheld articles are about held-out entities, which no training text names (test above); known ones aren't
     assert {d["withheld"] for d in library.values()} == {True, False}
 

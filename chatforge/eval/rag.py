@@ -22,7 +22,7 @@ from chatforge.engine import Engine, SamplingParams
 from chatforge.eval.scorers import contains_match, item_scores, rate, scored_row
 from chatforge.retrieval.grounding import citations, fit_grounded, last_user_text
 
-RAG_TASKS = ("retrieval_qa", "knowledge_qa")
+RAG_TASKS = ("retrieval_qa", "retrieval_qa_seen", "knowledge_qa")
 
 
 def rag_row(engine: Engine, index, items: list[dict], k: int, max_tokens: int) -> dict:

@@ -50,7 +50,9 @@ INSTRUCTION_TASKS = ("format", "knowledge_qa", "multiturn_qa", "sentiment", "ext
 DEV_TASKS = ("reading",)
 # what each task's score means (all are "higher is better" except bpb)
 METRIC = {"knowledge_qa": "accuracy", "knowledge_mc": "accuracy (4 choices, log-likelihood)",
-          "retrieval_qa": "accuracy, closed-book (entities no training text mentions)", "multiturn_qa": "accuracy", "arithmetic_direct": "accuracy",
+          "retrieval_qa": "accuracy, closed-book (entities no training text mentions)",
+          "retrieval_qa_seen": "accuracy, closed-book (retrieval_qa's entities, asked in training wordings)",
+          "multiturn_qa": "accuracy", "arithmetic_direct": "accuracy",
           "arithmetic_cot": "accuracy", "icl": "accuracy", "sentiment": "accuracy", "extraction": "F1",
           "translation": "chrF", "format": "compliance", "refusal": "correct refusal decisions",
           "honesty": "correct unknown/known", "bpb": "bits/byte (lower is better)"}

@@ -62,22 +62,26 @@ def knowledge_qa(w: World, rng: random.Random, n: int) -> list[dict]:
     return _qa_items(w, rng, n, w.all(), "knowledge_qa")
 
 
-def retrieval_qa(w: World, rng: random.Random, n: int) -> list[dict]:
+def retrieval_qa(w: World, rng: random.Random, n: int, seen_wordings: bool = False) -> list[dict]:
     """Questions about held-out entities, which no training text mentions: closed-book the model can only
     guess; with retrieval, the answer is in the library's article about the entity (`gold_docs`).
     Distinct questions, half in each language: a sample without replacement of every (entity, relation,
     held-out wording) of the language — 124 each in the tiny world — taken again only when n is larger
-    (drawn one by one, the 60 items held repeats, and a 39:21 language split can happen by chance)."""
+    (drawn one by one, the 60 items held repeats, and a 39:21 language split can happen by chance).
+    `seen_wordings`: the same entities asked in the training wordings (task `retrieval_qa_seen`), which tells
+    reading a new document apart from understanding a new wording of the question."""
+    task = "retrieval_qa_seen" if seen_wordings else "retrieval_qa"
     out = []
     for i, lang in enumerate(LANGS):
         population = [(e, r, tpl) for e in w.all(include_heldout=True) if e.heldout
-                      for r in relations_of(GROUP[e.kind]) for tpl in question_templates(r, lang, heldout=True)]
+                      for r in relations_of(GROUP[e.kind])
+                      for tpl in question_templates(r, lang, heldout=not seen_wordings)]
         want, picked = n // len(LANGS) + (i < n % len(LANGS)), []
         while len(picked) < want:
             picked += rng.sample(population, min(want - len(picked), len(population)))
         for e, r, tpl in picked:
             a = answer(r, e, w, lang)
-            out.append({"task": "retrieval_qa", "lang": lang, "messages": _user(tpl.format(**fields(e, w, lang))),
+            out.append({"task": task, "lang": lang, "messages": _user(tpl.format(**fields(e, w, lang))),
                         "reference_answer": a, "answers": [a], "scorer": "contains_match",
                         "gold_docs": [doc_id(e, lang)]})
     rng.shuffle(out)
@@ -314,7 +318,9 @@ def eval_items(w: World, rng: random.Random, n_per_task: int) -> dict[str, list[
         "refusal": refusal(w, rng, n_per_task),
         "honesty": honesty(w, rng, n_per_task),
         "bpb": heldout_text(w, rng, n_per_task),
-        "retrieval_qa": retrieval_qa(w, rng, n_per_task),  # last: the items before it keep their random draws
+        "retrieval_qa": retrieval_qa(w, rng, n_per_task),
+        # last: the items before them keep their random draws
+        "retrieval_qa_seen": retrieval_qa(w, rng, n_per_task, seen_wordings=True),
     }
     for task, items in sets.items():
         for i, item in enumerate(items):
