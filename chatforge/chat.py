@@ -88,9 +88,9 @@ class ChatSession:
         else:
             self.history.append({"role": "user", "content": user_text})
         if self.index is not None:
-            from chatforge.retrieval.grounding import last_user_text
+            from chatforge.retrieval.grounding import last_user_text, retrieve
 
-            self.hits = self.index.search(last_user_text(self.history), self.k)
+            self.hits = retrieve(self.index, last_user_text(self.history), self.k)
         prompt = self.fit_prompt()
         text = ""
         if self.calculator:

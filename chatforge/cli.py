@@ -352,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
         if what:
             q.add_argument("items", nargs="*" if name == "add" else "+", help=what)
     actions.choices["search"].add_argument("-k", type=int, default=3, help="passages to return")
+    actions.choices["search"].add_argument("--min-ratio", type=float, default=0.0,
+                                           help="leave out passages scoring under this share of the best one's "
+                                                "score (chat, serve and eval use 0.75)")
     actions.choices["add"].add_argument("--max-chars", type=int, default=600,
                                         help="passage length in characters (a new index only)")
     actions.choices["add"].add_argument("--embedder", default=None, metavar="FOLDER|none",
@@ -530,7 +533,7 @@ def _cmd_index(args) -> None:
         idx.save()
         print(f"index: removed {len(gone)} document(s) -> {len(idx.docs)} left")
     elif args.action == "search":
-        hits = idx.search(" ".join(args.items), args.k)
+        hits = idx.search(" ".join(args.items), args.k, args.min_ratio)
         if not hits:
             print("no passage matches" if idx.docs else f"the index is empty: chatforge index add --run {run} FILES")
         for n, h in enumerate(hits, 1):

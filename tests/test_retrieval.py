@@ -86,6 +86,23 @@ def test_chinese_questions_find_the_chinese_passage(tmp_path):
     assert idx.search("完全无关 xyzzy") == []  # no shared term: nothing rather than noise
 
 
+def test_min_ratio_leaves_out_passages_far_below_the_best(tmp_path):
+    from chatforge.retrieval.grounding import PASSAGE_CUTOFF, retrieve
+
+    idx = RetrievalIndex.load(tmp_path)
+    idx.add(world_docs())
+    question = "Which river does the town of Loan lie on?"  # "town", "river" match every English passage a little
+    full = idx.search(question, k=6)
+    kept = idx.search(question, k=6, min_ratio=0.75)
+    assert kept == [h for h in full if h["score"] >= 0.75 * full[0]["score"]]
+    assert kept[0]["doc_id"] == "en-Loan" and len(kept) < len(full) == 6
+    assert idx.search(question, k=6, min_ratio=0.0) == full
+    assert retrieve(idx, question, 6) == idx.search(question, k=6, min_ratio=PASSAGE_CUTOFF)
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ChatforgeError, match="min_ratio"):
+            idx.search(question, min_ratio=bad)
+
+
 def _pdf(lines: list[str]) -> bytes:
     """A one-page PDF with a text layer, written by hand (no PDF writer needed)."""
     content = "BT /F1 12 Tf 72 720 Td 14 TL " + " ".join(f"({line}) '" for line in lines) + " ET"
@@ -185,7 +202,11 @@ def test_server_answers_from_the_index_and_lists_sources(base_run, tmp_path):
     idx.save()
     with running_server(run, "--retrieval", "--retrieval-k", "2") as url:
         grounded = httpx.post(url + "/v1/chat/completions", json=body, timeout=60).json()
-        assert [s["doc_id"] for s in grounded["sources"]][0] == "en-Loan" and len(grounded["sources"]) == 2
+        # the other towns' passages match only "river", far below Loan's: the cutoff leaves them out
+        assert [s["doc_id"] for s in grounded["sources"]] == ["en-Loan"]
+        two = {**body, "messages": [{"role": "user", "content": "Which river do Loan and Mimi lie on?"}]}
+        sources = httpx.post(url + "/v1/chat/completions", json=two, timeout=60).json()["sources"]
+        assert sorted(s["doc_id"] for s in sources) == ["en-Loan", "en-Mimi"]  # two strong passages: k of them
         assert isinstance(grounded["choices"][0]["citations"], list)
         plain = httpx.post(url + "/v1/chat/completions", json={**body, "retrieval": False}, timeout=60).json()
         assert "sources" not in plain and "citations" not in plain["choices"][0]
@@ -212,6 +233,7 @@ def test_world_library_retrieval_and_the_eval_row_measure_answers_and_citations(
     """The world's retrieval questions find their withheld article; the @rag row's rates are what the answers
     and their citations say (a scripted reader that copies from the passage it cites, and a bad citer)."""
     from chatforge.eval.rag import fit_grounded, index_world_library, rag_row
+    from chatforge.retrieval.grounding import retrieve
     from chatforge.textio import read_jsonl
     from chatforge.tokenizer import Tokenizer
 
@@ -221,6 +243,10 @@ def test_world_library_retrieval_and_the_eval_row_measure_answers_and_citations(
     items = read_jsonl(prepared_run / "world" / "eval" / "retrieval_qa.jsonl")
     found = [any(h["doc_id"] in it["gold_docs"] for h in idx.search(it["messages"][0]["content"], 3)) for it in items]
     assert sum(found) / len(found) >= 0.95
+    # what the row puts in the prompt: the top 3 without those under 3/4 of the best score
+    hits_in_prompt = [retrieve(idx, it["messages"][0]["content"], 3) for it in items[:20]]
+    found = [any(h["doc_id"] in it["gold_docs"] for h in hits) for it, hits in zip(items, hits_in_prompt)]
+    assert sum(found) / len(found) >= 0.9
 
     tok = Tokenizer.load(prepared_run / "tokenizer")
     # a short context keeps the best passages that fit, whole
@@ -240,6 +266,15 @@ def test_world_library_retrieval_and_the_eval_row_measure_answers_and_citations(
     recall = sum(found[:20]) / 20
     assert row["n"] == 20 and row["retrieval_recall"] == recall
     assert row["score"] == row["answers_citing"] == row["cited_and_right"] == recall
-    assert row["citation_precision"] == 1.0 and 2 < row["passages_in_prompt"] <= 3
-    wrong = rag_row(_GroundedScript(tok, 512, lambda p: "It is [1] and [2] and [3]."), idx, items[:20], 3, 40)
-    assert wrong["score"] == 0.0 and wrong["answers_citing"] == 1.0 and wrong["citation_precision"] < 0.5
+    assert row["citation_precision"] == 1.0
+    assert row["passages_in_prompt"] == sum(map(len, hits_in_prompt)) / 20 < 3  # the cutoff left some out
+
+    def bad_citer(prompt: str) -> str:  # no answer, and cites only passages that don't hold it
+        item = next(it for it in items[:20] if it["messages"][0]["content"] in prompt)
+        passages = re.findall(r"^\[(\d)\] [^:]+: (.*)$", prompt, re.M)
+        return "It is " + " ".join(f"[{n}]" for n, text in passages if item["answers"][0] not in text) + "."
+
+    wrong = rag_row(_GroundedScript(tok, 512, bad_citer), idx, items[:20], 3, 40)
+    with_other = sum(any(it["answers"][0] not in h["text"] for h in hits) for it, hits in zip(items, hits_in_prompt))
+    assert wrong["score"] == 0.0 and wrong["citation_precision"] == 0.0
+    assert wrong["answers_citing"] == with_other / 20 > 0

@@ -8,6 +8,7 @@
     idx = RetrievalIndex.load(run)          # an empty index if none was built yet
     idx.add(docs); idx.save()
     idx.search("雷努镇在哪条河边？", k=3)      # [{"chunk_id", "doc_id", "title", "text", "score"}]
+    idx.search(question, k=3, min_ratio=0.75)  # without passages scoring under 3/4 of the best one
 
 Layout (`RUN/index/`): docs.jsonl (document id, title, source, content hash, passage count), chunks.jsonl
 (the passages: what answers cite), bm25/ (bm25s's sparse matrices), dense/ (passage vectors, when an
@@ -155,21 +156,25 @@ class RetrievalIndex:
                 "dense": self.dense.spec_dict() if self.dense is not None else None}
         (self.folder / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
-    def search(self, query: str, k: int = 3) -> list[dict]:
+    def search(self, query: str, k: int = 3, min_ratio: float = 0.0) -> list[dict]:
         """The k best passages for the query, best first. BM25 only: those that match any of its terms (score:
         BM25). With an encoder: BM25's and the dense ranking's candidates fused by reciprocal rank (score: the
-        fused score), so a passage may be found by meaning alone."""
+        fused score), so a passage may be found by meaning alone. `min_ratio`: leave out passages scoring under
+        that share of the best one's score (fused scores are rank-based and close together: it rarely bites
+        there)."""
+        if not 0.0 <= min_ratio <= 1.0:
+            raise ChatforgeError(f"min_ratio must be between 0 and 1, got {min_ratio}")
         if not self.docs:
             return []
         if self._bm25 is None:
             self._build()
         n = k if self.dense is None else max(4 * k, 20)  # fusion needs candidates beyond each list's top k
-        lexical = self._bm25_ranking(query, n)
-        if self.dense is None:
-            return [{**self._order[i], "score": s} for i, s in lexical]
-        semantic = self._dense_ranking(query, n)
-        fused = reciprocal_rank_fusion([[i for i, _ in lexical], [i for i, _ in semantic]])[:k]
-        return [{**self._order[i], "score": s} for i, s in fused]
+        ranked = self._bm25_ranking(query, n)
+        if self.dense is not None:
+            semantic = self._dense_ranking(query, n)
+            ranked = reciprocal_rank_fusion([[i for i, _ in ranked], [i for i, _ in semantic]])[:k]
+        best = ranked[0][1] if ranked else 0.0
+        return [{**self._order[i], "score": s} for i, s in ranked if s >= min_ratio * best]
 
     def _dense_ranking(self, query: str, n: int) -> list[tuple[int, float]]:
         if self._dense_rows is None:  # once per change of the passages, not per query
