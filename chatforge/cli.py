@@ -352,9 +352,11 @@ def build_parser() -> argparse.ArgumentParser:
         if what:
             q.add_argument("items", nargs="*" if name == "add" else "+", help=what)
     actions.choices["search"].add_argument("-k", type=int, default=3, help="passages to return")
+    from chatforge.retrieval.grounding import PASSAGE_CUTOFF
+
     actions.choices["search"].add_argument("--min-ratio", type=float, default=0.0,
                                            help="leave out passages scoring under this share of the best one's "
-                                                "score (chat, serve and eval use 0.75)")
+                                                f"score (chat, serve and eval use {PASSAGE_CUTOFF})")
     actions.choices["add"].add_argument("--max-chars", type=int, default=600,
                                         help="passage length in characters (a new index only)")
     actions.choices["add"].add_argument("--embedder", default=None, metavar="FOLDER|none",

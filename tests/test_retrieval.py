@@ -232,8 +232,8 @@ class _GroundedScript:
 def test_world_library_retrieval_and_the_eval_row_measure_answers_and_citations(prepared_run):
     """The world's retrieval questions find their withheld article; the @rag row's rates are what the answers
     and their citations say (a scripted reader that copies from the passage it cites, and a bad citer)."""
-    from chatforge.eval.rag import fit_grounded, index_world_library, rag_row
-    from chatforge.retrieval.grounding import retrieve
+    from chatforge.eval.rag import index_world_library, rag_row
+    from chatforge.retrieval.grounding import fit_grounded, retrieve
     from chatforge.textio import read_jsonl
     from chatforge.tokenizer import Tokenizer
 
@@ -245,8 +245,9 @@ def test_world_library_retrieval_and_the_eval_row_measure_answers_and_citations(
     assert sum(found) / len(found) >= 0.95
     # what the row puts in the prompt: the top 3 without those under 3/4 of the best score
     hits_in_prompt = [retrieve(idx, it["messages"][0]["content"], 3) for it in items[:20]]
-    found = [any(h["doc_id"] in it["gold_docs"] for h in hits) for it, hits in zip(items, hits_in_prompt)]
-    assert sum(found) / len(found) >= 0.9
+    found_in_prompt = [any(h["doc_id"] in it["gold_docs"] for h in hits)
+                       for it, hits in zip(items, hits_in_prompt)]
+    assert sum(found_in_prompt) / len(found_in_prompt) >= 0.9
 
     tok = Tokenizer.load(prepared_run / "tokenizer")
     # a short context keeps the best passages that fit, whole
@@ -263,7 +264,7 @@ def test_world_library_retrieval_and_the_eval_row_measure_answers_and_citations(
         return f"{item['answers'][0]} [{n}]" if n else "I don't know [7]"  # [7] names no passage
 
     row = rag_row(_GroundedScript(tok, 512, reader), idx, items[:20], k=3, max_tokens=40)
-    recall = sum(found[:20]) / 20
+    recall = sum(found_in_prompt) / 20
     assert row["n"] == 20 and row["retrieval_recall"] == recall
     assert row["score"] == row["answers_citing"] == row["cited_and_right"] == recall
     assert row["citation_precision"] == 1.0

@@ -4,7 +4,8 @@
 
 For each item of a retrieval task the question is searched in the run's index, the best passages go into
 the prompt the way the server and the terminal chat put them (retrieval/grounding.py: the top k, without
-those scoring far below the best), and the answer is scored by the task's own scorer. A row also reports, measured on the same answers:
+those scoring far below the best), and the answer is scored by the task's own scorer. A row also reports,
+measured on the same answers:
   retrieval_recall   the passage of the item's gold document was among those in the prompt (when known)
   answers_citing     answers that cite at least one passage in the prompt as [n]
   citation_precision cited passages that contain the gold answer (over all citations made)
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from chatforge.engine import Engine, SamplingParams
 from chatforge.eval.scorers import contains_match, item_scores, rate, scored_row
-from chatforge.retrieval.grounding import PASSAGE_CUTOFF, citations, fit_grounded, last_user_text, retrieve
+from chatforge.retrieval.grounding import PASSAGE_CUTOFF, citations, fit_retrieved
 
 RAG_TASKS = ("retrieval_qa", "retrieval_qa_seen", "knowledge_qa")
 
@@ -28,8 +29,7 @@ RAG_TASKS = ("retrieval_qa", "retrieval_qa_seen", "knowledge_qa")
 def rag_row(engine: Engine, index, items: list[dict], k: int, max_tokens: int) -> dict:
     """Score a task's items with retrieval; -> the suite row (score, n, the rates above, samples)."""
     budget = engine.model.cfg.max_seq_len - max_tokens
-    built = [fit_grounded(engine.tok, it["messages"], retrieve(index, last_user_text(it["messages"]), k), budget)
-             for it in items]
+    built = [fit_retrieved(index, engine.tok, it["messages"], k, budget) for it in items]
     params = [SamplingParams(max_tokens=max_tokens, temperature=0.0) for _ in items]
     preds = [c.text.strip() for c in engine.generate([ids for ids, _ in built], params)]
     scores = item_scores(items, preds)
@@ -43,7 +43,9 @@ def rag_row(engine: Engine, index, items: list[dict], k: int, max_tokens: int) -
         citing.append(bool(cited))
         cite_hits, cite_total = cite_hits + sum(good), cite_total + len(good)
         cited_right.append(score > 0 and any(good))
-    row = scored_row(items, preds, f"accuracy with the top {k} retrieved passages in the prompt (those within {PASSAGE_CUTOFF:.0%} of the best)", scores,
+    metric = (f"accuracy with the top {k} retrieved passages in the prompt "
+              f"(those within {PASSAGE_CUTOFF:.0%} of the best)")
+    row = scored_row(items, preds, metric, scores,
                      retrieval_recall=rate(recall), answers_citing=rate(citing),
                      citation_precision=cite_hits / cite_total if cite_total else None,
                      cited_and_right=rate(cited_right),

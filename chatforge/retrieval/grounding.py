@@ -4,6 +4,7 @@
     msgs = grounded_messages(messages, hits)        # a system message listing [1] ... [k], then the chat
     cited = citations(answer_text, hits)            # [{"n": 1, "chunk_id", "doc_id", "title"}] for valid [n]
     ids, used = fit_grounded(tok, messages, hits, budget)   # only the best passages that fit the context
+    ids, used = fit_retrieved(index, tok, messages, k, budget)  # both: retrieve for the last question, fit
 
 The passages go into a system message ahead of the conversation (after the user's own system message, if
 any), numbered from 1, with the instruction — in the question's language — to answer from them and cite
@@ -78,10 +79,16 @@ def fit_grounded(tok, messages: list[dict], hits: list[dict], budget: int) -> tu
     return ids[-budget:], []  # the question alone is too long: keep its end, as the closed-book prompt does
 
 
+def fit_retrieved(index, tok, messages: list[dict], k: int, budget: int) -> tuple[list[int], list[dict]]:
+    """(prompt ids, passages used): the conversation grounded in the passages retrieved for its last question
+    that fit `budget` tokens — what the server answers and the eval's @rag rows score."""
+    return fit_grounded(tok, messages, retrieve(index, last_user_text(messages), k), budget)
+
+
 def ground(index, messages: list[dict], k: int, tok, budget: int) -> tuple[list[dict], list[dict]]:
     """(the conversation with the passages for its last question that fit `budget` prompt tokens, those
     passages)."""
-    hits = fit_grounded(tok, messages, retrieve(index, last_user_text(messages), k), budget)[1]
+    hits = fit_retrieved(index, tok, messages, k, budget)[1]
     return grounded_messages(messages, hits), hits
 
 
