@@ -223,6 +223,17 @@ def test_sft_stage_trains_selects_and_writes_a_model(pretrained_run):
     assert summary["selected_step"] == info["selected_step"]
 
 
+def test_sft_selection_without_dev_items_is_refused_before_training(pretrained_run, monkeypatch):
+    """No world facts, no dev items: selection says so (and how to go on) instead of scoring the eval's items."""
+    import chatforge.world.generate as generate
+
+    monkeypatch.setattr(generate, "selection_dev_items", lambda world_dir, n: {})
+    before = sorted(str(p) for p in pretrained_run.rglob("*"))
+    with pytest.raises(ChatforgeError, match="--no-select"):
+        run_sft(pretrained_run, _sft_cfg(max_steps=2), SFTOptions(select_limit=2, on_bad=TEST_ON_BAD), fresh=True)
+    assert sorted(str(p) for p in pretrained_run.rglob("*")) == before  # nothing written, nothing removed
+
+
 def test_sft_with_lora_saves_a_merged_model(pretrained_run, tmp_path):
     pytest.importorskip("peft")
     import shutil

@@ -120,6 +120,31 @@ def test_reading_dev_items_ask_held_out_wordings_about_invented_entities(world, 
     assert reading_dev_items(tmp_path / "nowhere", 5) == []
 
 
+def test_selection_dev_items_are_the_eval_tasks_but_never_eval_items(world, tmp_path):
+    """SFT checkpoint selection's dev items: every task selection scores, n of each, deterministic, each
+    scored as its eval task is, and none is a conversation of world/eval (selection must not see test items)."""
+    from chatforge.eval.suite import DEV_TASKS, INSTRUCTION_TASKS
+    from chatforge.world.evalsets import conversation_key
+    from chatforge.world.generate import selection_dev_items
+
+    dev = selection_dev_items(world, 30)
+    assert dev == selection_dev_items(world, 30)
+    assert set(dev) == set(INSTRUCTION_TASKS + DEV_TASKS) and {len(v) for v in dev.values()} == {30}
+    evals = {f.stem: _jsonl(f) for f in (world / "eval").glob("*.jsonl")}
+    taken = {conversation_key(it) for items in evals.values() for it in items if it.get("messages")}
+    for task in INSTRUCTION_TASKS:
+        keys = [conversation_key(it) for it in dev[task]]
+        assert not set(keys) & taken and len(set(keys)) == len(keys), task
+        assert {it["scorer"] for it in dev[task]} == {it["scorer"] for it in evals[task]}, task
+        assert {it["task"] for it in dev[task]} == {task}
+    # sentiment's 60 eval items are 12 sentences (1 held-out wording x 3 held-out products x 2 labels x 2
+    # languages), so its dev items review the known products in those wordings
+    assert len({conversation_key(it) for it in evals["sentiment"]}) == 12
+    refusal = dev["refusal"]
+    assert 10 <= sum(it["should_refuse"] for it in refusal) <= 20  # both sides, roughly balanced
+    assert selection_dev_items(tmp_path / "nowhere", 5) == {}
+
+
 def test_the_leak_check_can_fail():
     """The n-gram check itself catches a copied phrase (so the test above is not vacuous)."""
     sentence = "the quick brown fox jumps over the lazy dog near the old mill by the river"

@@ -46,7 +46,7 @@ DEFAULT_NEW_TOKENS = 40
 INSTRUCTION_TASKS = ("format", "knowledge_qa", "multiturn_qa", "sentiment", "extraction", "translation",
                      "refusal", "honesty")
 # dev-only tasks checkpoint selection also scores when the caller supplies their items (world.generate's
-# reading_dev_items: answering from given passages, which retrieval_qa@rag measures on other entities)
+# selection_dev_items: answering from given passages, which retrieval_qa@rag measures on other entities)
 DEV_TASKS = ("reading",)
 # what each task's score means (all are "higher is better" except bpb)
 METRIC = {"knowledge_qa": "accuracy", "knowledge_mc": "accuracy (4 choices, log-likelihood)",
@@ -223,12 +223,13 @@ def score_model(run: Path, model: GPT, tok: Tokenizer, chat: bool, tasks: list[s
     `calculator` adds `<task>@calc` rows for the arithmetic tasks: greedy answers whose `<<calc: EXPR>>` calls
     the calculator tool answers (tools/loop.py). `moderator` (safety/moderation.py) adds `refusal+moderation`:
     refusal decisions with the moderator screening the question and the answer, as the server does.
-    `extra_items` ({task: items}) are scored like the world's tasks (SFT selection's dev items)."""
+    `extra_items` ({task: items}) are scored like the world's tasks (SFT selection's dev items); with
+    `tasks=[]` they are all that is scored (None means every task of the world's eval)."""
     model.eval()
     engine = Engine(model, tok, max_batch=16)
     results: dict = {"mode": "chat" if chat else f"{SHOTS}-shot", "tasks": {}}
     t0 = time.perf_counter()
-    loaded = {**load_tasks(run, tasks, limit), **(extra_items or {})}
+    loaded = {**(load_tasks(run, tasks, limit) if tasks != [] else {}), **(extra_items or {})}
     for task, items in tqdm(loaded.items(), desc="eval", total=len(loaded), disable=not progress):
         if not items:
             continue

@@ -9,8 +9,9 @@ Reads conversations (sft_data.py: formats, validation, label mask, packing), sta
 an imported HF checkpoint, init_from.py), trains with the shared loop (resume, DDP/FSDP2, metrics.jsonl),
 and writes `<run>/sft/` as a model folder. Every 20th conversation is held out for the validation loss.
 
-Checkpoint selection: at every validation point the candidate weights are also scored on the
-instruction-following tasks of the capability suite (a `--select-limit` items per task); the saved model
+Checkpoint selection: at every validation point the candidate weights are also scored on dev items of the
+suite's instruction-following tasks and of reading (a `--select-limit` items per task, drawn from the world
+apart from its eval items: world.generate.selection_dev_items); the saved model
 is the best-scoring candidate, not simply the last one (InstructGPT picked SFT models by reward-model score,
 not validation loss, which keeps falling past the best model). `selection.json` lists every candidate.
 
@@ -126,8 +127,8 @@ def plan_sft(run: Path, tcfg: TrainConfig, opts: SFTOptions) -> dict:
 
 
 def run_sft(run: str | Path, tcfg: TrainConfig, opts: SFTOptions, fresh: bool = False) -> dict:
-    from chatforge.eval.suite import INSTRUCTION_TASKS, instruction_score, score_model
-    from chatforge.world.generate import reading_dev_items
+    from chatforge.eval.suite import instruction_score, score_model
+    from chatforge.world.generate import selection_dev_items
 
     run = require_run(run)
     if opts.init_from:
@@ -137,6 +138,14 @@ def run_sft(run: str | Path, tcfg: TrainConfig, opts: SFTOptions, fresh: bool = 
     if not 0.0 <= opts.ptx_fraction < 1.0:
         raise ChatforgeError(f"--ptx-fraction {opts.ptx_fraction}: expected 0 <= f < 1")
     src, out = source_model_dir(run, opts), stage_dir(run, "sft")
+    # dev items, not the eval's: choosing on the eval's own items made their reported scores share the choice's
+    # luck. Reading from given passages counts too: without it the choice rests on the other tasks' noisy
+    # 30-item scores, and the demo kept step 150 of 400 whose retrieval answers were 20 points worse (README)
+    dev = selection_dev_items(stage_dir(run, "world"), opts.select_limit) if opts.select else {}
+    if opts.select and not dev:
+        raise ChatforgeError(f"checkpoint selection scores dev items drawn from the world, and "
+                             f"{stage_dir(run, 'world')} has no facts.json: run `chatforge world --run {run}` "
+                             "or pass --no-select")
     mcfg, tok = load_config(src), Tokenizer.load(src)
     if tcfg.seq_len > mcfg.max_seq_len:
         raise ChatforgeError(f"train.seq_len={tcfg.seq_len} exceeds the model's context {mcfg.max_seq_len}")
@@ -191,17 +200,12 @@ def run_sft(run: str | Path, tcfg: TrainConfig, opts: SFTOptions, fresh: bool = 
         return model
 
     selection_file = out / "selection.json"
-    # reading from given passages counts in the choice too: without it the choice rests on the other tasks'
-    # noisy 30-item scores, and the demo kept step 150 of 400 whose retrieval answers were 20 points worse
-    # (README, what was tried for reading)
-    reading_dev = reading_dev_items(stage_dir(run, "world"), opts.select_limit) if opts.select else []
 
     def on_eval(step: int, state: dict, info) -> None:
         if not (opts.select and info.is_main):
             return
         model = plain(state)
-        scores = score_model(run, model, tok, chat=True, tasks=list(INSTRUCTION_TASKS), limit=opts.select_limit,
-                             progress=False, extra_items={"reading": reading_dev})
+        scores = score_model(run, model, tok, chat=True, tasks=[], progress=False, extra_items=dev)
         score = instruction_score(scores)
         sel = json.loads(selection_file.read_text()) if selection_file.is_file() else {"candidates": {}}
         sel["candidates"][str(step)] = {"instruction_score": score,

@@ -155,8 +155,9 @@ def _email(w, rng, lang):
     return "email", [_msg("user", user), _msg("assistant", email)]
 
 
-def review_text(w: World, rng: random.Random, lang: str, label: str, heldout: bool = False):
-    prod = rng.choice(w.heldout("products") if heldout else w.known("products"))
+def review_text(w: World, rng: random.Random, lang: str, label: str, heldout: bool = False, products=None):
+    """A review in a training (or held-out) wording of a known (held-out) product, or one of `products`."""
+    prod = rng.choice(products or (w.heldout("products") if heldout else w.known("products")))
     pool = (HELDOUT_REVIEW if heldout else REVIEW)[label][lang]
     return rng.choice(pool).format(x=prod.en if lang == "en" else prod.zh)
 

@@ -179,11 +179,13 @@ def icl(w: World, rng: random.Random, n: int) -> list[dict]:
     return out
 
 
-def sentiment(w: World, rng: random.Random, n: int) -> list[dict]:
+def sentiment(w: World, rng: random.Random, n: int, products=None) -> list[dict]:
+    """Reviews in the held-out wordings of held-out products (or of `products`: dev items, as the eval's few
+    held-out products and wordings make only 12 distinct items)."""
     out = []
     for _ in range(n):
         lang, label = rng.choice(LANGS), rng.choice(["positive", "negative"])
-        review = review_text(w, rng, lang, label, heldout=True)
+        review = review_text(w, rng, lang, label, heldout=True, products=products)
         q = (f"Classify the sentiment of this review as positive or negative.\n\n{review}" if lang == "en"
              else f"判断这条评论的情感是正面还是负面。\n\n{review}")
         out.append({"task": "sentiment", "lang": lang, "messages": _user(q), "label": label, "scorer": "sentiment",
@@ -301,6 +303,37 @@ def heldout_text(w: World, rng: random.Random, n: int) -> list[dict]:
         out.append({"task": "bpb", "lang": lang, "scorer": "bpb",
                     "text": join(entity_sentences(w, e, lang, rng, heldout_templates=True), lang)})
     return out
+
+
+# the suite's tasks whose items SFT checkpoint selection can draw afresh (dev_items), by the eval's own makers
+DEV_MAKERS = {"format": format_following, "knowledge_qa": knowledge_qa, "multiturn_qa": multiturn_qa,
+              "sentiment": lambda w, rng, n: sentiment(w, rng, n, w.known("products")),
+              "extraction": extraction, "translation": translation, "refusal": refusal, "honesty": honesty}
+
+
+def dev_items(w: World, rng: random.Random, tasks, n: int, exclude: set[str]) -> dict[str, list[dict]]:
+    """{task: up to n items} drawn as `eval_items` draws the task's items, from another random stream, with
+    every item whose conversation (`conversation_key`) is in `exclude` (the eval's) dropped: a dev split of
+    the eval's distribution that shares no item with it. A task whose maker runs out of new items in 4
+    rounds (refusal's sentences without an entity slot, say) keeps fewer."""
+    out = {}
+    for task in tasks:
+        kept, seen = [], set(exclude)
+        for _ in range(4):
+            for item in DEV_MAKERS[task](w, rng, 2 * n):
+                key = conversation_key(item)
+                if key not in seen and len(kept) < n:
+                    seen.add(key)
+                    kept.append({**item, "id": f"dev-{task}-{len(kept)}"})
+            if len(kept) == n:
+                break
+        out[task] = kept
+    return out
+
+
+def conversation_key(item: dict) -> str:
+    """What makes two items the same question: their messages (passages and all)."""
+    return "\x1f".join(f"{m['role']}:{m['content']}" for m in item["messages"])
 
 
 def eval_items(w: World, rng: random.Random, n_per_task: int) -> dict[str, list[dict]]:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from chatforge import ChatforgeError
 from chatforge.run import mark_complete
+from chatforge.textio import read_jsonl
 from chatforge.world import chat_data, corpus, decontam, evalsets, library
 from chatforge.world.corpus import LANGS
 from chatforge.world.entities import World, build_world
@@ -135,6 +136,23 @@ def reading_dev_items(world_dir: str | Path, n: int) -> list[dict]:
         out.append({"id": f"reading-{i}", "task": "reading", "lang": lang, "messages": messages,
                     "answers": [value], "reference_answer": value, "scorer": "contains_match"})
     return out
+
+
+def selection_dev_items(world_dir: str | Path, n: int) -> dict[str, list[dict]]:
+    """{task: n dev items} for SFT checkpoint selection, never the eval's items: the suite's instruction tasks
+    drawn again by their eval makers from the world's "dev" random stream, minus any conversation that is in
+    `world/eval` (evalsets.dev_items), and `reading` (reading_dev_items). Selecting on the eval's own first
+    items, as selection once did, let the reported scores of those tasks share the choice's luck.
+    Deterministic for the world's seed; {} for a folder without facts.json."""
+    world_dir = Path(world_dir)
+    saved = _saved_world(world_dir)
+    if saved is None:
+        return {}
+    facts, w = saved
+    exclude = {evalsets.conversation_key(it) for f in sorted((world_dir / "eval").glob("*.jsonl"))
+               for it in read_jsonl(f) if it.get("messages")}
+    items = evalsets.dev_items(w, part_rng(facts["seed"], "dev"), evalsets.DEV_MAKERS, n, exclude)
+    return {**items, "reading": reading_dev_items(world_dir, n)}
 
 
 def generate_world(run_dir: str | Path, seed: int = 0, size: str = "tiny", labeler_noise: float = LABELER_NOISE,
