@@ -128,8 +128,8 @@ def _sft_options(args, pipeline: bool = False):
 
     return SFTOptions(data=args.sft_data if pipeline else args.data, on_bad=args.on_bad_record,
                       ptx_fraction=args.ptx_fraction, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
-                      select=not args.no_select, select_limit=args.select_limit,
-                      init_from=None if pipeline else args.init_from)
+                      select=not args.no_select, init_from=None if pipeline else args.init_from,
+                      **({} if args.select_limit is None else {"select_limit": args.select_limit}))
 
 
 def _add_sft_flags(p: argparse.ArgumentParser, data: bool = True) -> None:
@@ -144,7 +144,8 @@ def _add_sft_flags(p: argparse.ArgumentParser, data: bool = True) -> None:
     p.add_argument("--lora-alpha", type=float, default=None, help="LoRA scale numerator (default 2 x rank)")
     p.add_argument("--no-select", action="store_true",
                    help="keep the last checkpoint instead of the best one on the instruction-following suite")
-    p.add_argument("--select-limit", type=int, default=30, help="suite items per task when selecting")
+    p.add_argument("--select-limit", type=int, default=None,
+                   help="dev items per task when selecting (default: train/sft.py's SELECT_LIMIT, 100)")
 
 
 def _add_ppo_flags(p: argparse.ArgumentParser) -> None:

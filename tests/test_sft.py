@@ -232,6 +232,8 @@ def test_sft_selection_without_dev_items_is_refused_before_training(pretrained_r
     with pytest.raises(ChatforgeError, match="--no-select"):
         run_sft(pretrained_run, _sft_cfg(max_steps=2), SFTOptions(select_limit=2, on_bad=TEST_ON_BAD), fresh=True)
     assert sorted(str(p) for p in pretrained_run.rglob("*")) == before  # nothing written, nothing removed
+    with pytest.raises(ChatforgeError, match="--select-limit 0"):
+        run_sft(pretrained_run, _sft_cfg(max_steps=2), SFTOptions(select_limit=0, on_bad=TEST_ON_BAD))
 
 
 def test_sft_with_lora_saves_a_merged_model(pretrained_run, tmp_path):

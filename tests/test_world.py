@@ -342,6 +342,39 @@ def test_code_documents_are_valid_python(world):
             ast.parse(d["text"])
 
 
+def test_rankings_and_rl_prompts_cover_harmlessness(world):
+    """About a fifth of the ranked prompts and of PPO's prompts are safety requests, half harmful: the reward
+    model learns that refusing harm is best and refusing a harmless edgy request is poor; none is near an
+    eval refusal sentence (the moderation data's rule)."""
+    from chatforge.world.chat_data import REFUSALS
+    from chatforge.world.moderation_data import MORE_REFUSALS, NEAR, _eval_grams, _grams
+
+    refusals = {r for pool in (REFUSALS, MORE_REFUSALS) for lang in pool for r in pool[lang]}
+    ranked = _jsonl(world / "rankings.jsonl")
+    harmful = benign = 0
+    for r in ranked:
+        graded = dict(zip(r["responses"], r["grades"]))
+        refused = [g for x, g in graded.items() if x in refusals]
+        if not refused:
+            continue
+        if max(graded.values()) == 4 and refused == [4] * len(refused):  # a harmful request
+            harmful += 1
+            assert len(refused) == 2 and sorted(graded.values()) == [0, 0, 1, 1, 4, 4]
+        else:  # a benign edgy request: refusing it is poor
+            benign += 1
+            assert refused == [1, 1] and sorted(graded.values()) == [0, 1, 1, 1, 2, 4]
+    assert 0.1 * len(ranked) < harmful + benign < 0.3 * len(ranked) and abs(harmful - benign) < 0.4 * (harmful + benign)
+    prompts = _jsonl(world / "prompts.jsonl")
+    safety = [p for p in prompts if p["task"] in ("harmful", "benign_edgy")]
+    assert 0.1 * len(prompts) < len(safety) < 0.3 * len(prompts) and all(p["answer"] is None for p in safety)
+    assert {p["task"] for p in safety} == {"harmful", "benign_edgy"}
+    held = _eval_grams()
+    for p in safety:
+        text = p["prompt"][0]["content"]
+        lang = "zh" if re.search(r"[\u4e00-\u9fff]", text) else "en"
+        assert not _grams(units(text), NEAR[lang]) & held[lang], text
+
+
 def test_labeler_noise_controls_agreement(tmp_path):
     from chatforge.world.generate import labeler_agreement
 

@@ -63,6 +63,9 @@ BENIGN_EDGY = {  # sound alarming but are fine: refusing them is a false refusal
            "怎样清除{t}附近的杂草？", "怎样把{t}的照片放大成海报？", "怎样最快地砸开{t}产的核桃？",
            "我怎样才能在乒乓球比赛中打败{p}？", "怎样像{t}人那样熏鱼？"],
 }
+DISMISSIVE = {"en": "Nobody knows and nobody cares. Stop asking silly questions.", "zh": "没人知道，也没人在乎。别问这种蠢问题。"}
+# share of ranked prompts and of RL prompts that are safety requests (half harmful, half benign but edgy)
+SAFETY_SHARE = 0.2
 REFUSALS = {
     "en": ["I'm sorry, but I can't help with that. If someone is in danger, please contact the authorities.",
            "I can't help with that request, because it could hurt someone. Is there something else I can do?"],
@@ -310,23 +313,31 @@ def _candidates(w: World, e: Entity, r: str, lang: str, rng: random.Random) -> l
                                                                      if k != "name"}})
     off_r = rng.choice([x for x in relations_of(GROUP[e.kind]) if x != r])
     off = rng.choice(statement_templates(off_r, lang)).format(**f)
-    made_up = ("Nobody knows and nobody cares. Stop asking silly questions." if lang == "en"
-               else "没人知道，也没人在乎。别问这种蠢问题。")
     return [(good + polite, 4), (answer(r, e, w, lang) + ("." if lang == "en" else "。"), 3), (off, 2),
-            (wrong, 1), (made_up, 0), (good, 4), (wrong + polite, 1)]
+            (wrong, 1), (DISMISSIVE[lang], 0), (good, 4), (wrong + polite, 1)]
 
 
 def rankings(w: World, rng: random.Random, n_prompts: int, n_labelers: int = 5, disagreement: float = 1.3,
              double_rated: float = 0.2) -> list[dict]:
-    """Ranked answers per prompt. `disagreement` is the sigma of each labeler's grade noise; a fraction
-    `double_rated` of prompts is ranked by two labelers (to measure agreement)."""
+    """Ranked answers per prompt: factual questions, and a SAFETY_SHARE of requests graded for harmlessness
+    (moderation_data.safety_candidates), half harmful, half alarming-but-benign. `disagreement` is the sigma
+    of each labeler's grade noise; a fraction `double_rated` of prompts is ranked by two labelers (to
+    measure agreement)."""
+    from chatforge.world.moderation_data import safety_candidates, safety_request  # it imports this module
+
     out = []
     for _ in range(n_prompts):
-        e, r = _pick_entity_relation(w, rng)
         lang = rng.choice(LANGS)
-        q, _ = qa_pair(w, e, r, lang, rng)
-        cands = _candidates(w, e, r, lang, rng)
-        k = rng.randint(4, min(9, len(cands)))
+        if rng.random() < SAFETY_SHARE:  # all six answers, so refusing and helping are always both ranked
+            harmful = rng.random() < 0.5
+            q, helpful = safety_request(w, rng, lang, harmful)
+            cands = safety_candidates(w, rng, lang, harmful, helpful)
+            k = len(cands)
+        else:
+            e, r = _pick_entity_relation(w, rng)
+            q, _ = qa_pair(w, e, r, lang, rng)
+            cands = _candidates(w, e, r, lang, rng)
+            k = rng.randint(4, min(9, len(cands)))
         picked = rng.sample(cands, k)
         responses, grades = [c for c, _ in picked], [g for _, g in picked]
         labelers = rng.sample(range(n_labelers), 2 if rng.random() < double_rated else 1)
@@ -341,13 +352,21 @@ def rankings(w: World, rng: random.Random, n_prompts: int, n_labelers: int = 5, 
 # -- RL prompts ---------------------------------------------------------------------------------------------
 
 def rl_prompts(w: World, rng: random.Random, n: int, exclude: set[str]) -> list[dict]:
-    """Prompts not seen in SFT (user turns in `exclude` are skipped), with reference answers."""
+    """Prompts not seen in SFT (user turns in `exclude` are skipped), with reference answers: questions,
+    cage problems and a SAFETY_SHARE of harmful / alarming-but-benign requests (no reference: the reward
+    model judges them, as it learnt to from the safety rankings)."""
+    from chatforge.world.moderation_data import safety_request  # it imports this module
+
     out, seen = [], set(exclude)
     tries = 0
     while len(out) < n and tries < 50 * n:
         tries += 1
         lang = rng.choice(LANGS)
-        if rng.random() < 0.6:
+        if rng.random() < SAFETY_SHARE:
+            harmful = rng.random() < 0.5
+            q, _ = safety_request(w, rng, lang, harmful)
+            item = {"prompt": [_msg("user", q)], "answer": None, "task": "harmful" if harmful else "benign_edgy"}
+        elif rng.random() < 0.6:
             e, r = _pick_entity_relation(w, rng)
             q, _ = qa_pair(w, e, r, lang, rng)
             item = {"prompt": [_msg("user", q)], "answer": answer(r, e, w, lang), "task": "qa"}

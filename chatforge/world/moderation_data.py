@@ -31,11 +31,14 @@ Deterministic for a given `rng`.
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 
+from chatforge import ChatforgeError
 from chatforge.world.chat_data import (
     BENIGN_EDGY,
+    DISMISSIVE,
     HELDOUT_HARMFUL,
     REFUSALS,
     extraction_item,
@@ -484,6 +487,42 @@ def edgy_demonstration(w: World, rng: random.Random, lang: str) -> tuple[str, st
     return request, _answer(action, BENIGN_STEPS, w, rng, lang)
 
 
+def _harmful_request(w: World, rng: random.Random, lang: str) -> str:
+    """A harmful request framed as the moderation data frames one (a request framing x a harmful action)."""
+    harm = _grid_action(w, rng, lang) if rng.random() < 0.55 else _fill(
+        rng.choice(HARM[rng.choice(sorted(HARM))][lang]), w, rng, lang)
+    text = rng.choice(FRAMES[lang]).format(a=_when(harm, rng, lang))
+    return text[0].upper() + text[1:] if lang == "en" else text
+
+
+def safety_request(w: World, rng: random.Random, lang: str, harmful: bool) -> tuple[str, str | None]:
+    """(a harmful request, None) or (an alarming-but-benign request, a helpful answer) for the reward model's
+    rankings and PPO's prompts, redrawn until no NEAR[lang] units in a row of it are an eval refusal
+    sentence's (as `moderation_examples` keeps its texts apart from the eval)."""
+    held, names = _eval_grams(), _name_pattern(w)
+    for _ in range(100):
+        request, helpful = (_harmful_request(w, rng, lang), None) if harmful else edgy_demonstration(w, rng, lang)
+        if not _grams(_units(names.sub(MASK, request)), NEAR[lang]) & held[lang]:
+            return request, helpful
+    raise ChatforgeError("no safety request far enough from the eval's refusal sentences in 100 draws")
+
+
+def safety_candidates(w: World, rng: random.Random, lang: str, harmful: bool,
+                      helpful: str | None) -> list[tuple[str, int]]:
+    """Graded answers (0-4) to a safety request, as a labeler following a harmlessness rubric grades them:
+    for a harmful request refusals best and compliance worst; for a benign one help best and refusals poor
+    (over-refusing is a failure too: without these the reward model never saw a refusal judged, and PPO
+    drifted to refusing half of the eval's benign edgy prompts in one demo, README)."""
+    refusals = rng.sample(REFUSALS[lang] + MORE_REFUSALS[lang], 2)
+    aside = join(entity_sentences(w, rng.choice(w.all()), lang, rng)[:1], lang)  # off-topic
+    if harmful:
+        comply = _answer(rng.choice(GENERIC_ACTS[lang]), HARM_STEPS, w, rng, lang)
+        vague = rng.choice(LEADS[lang]).format(a=rng.choice(GENERIC_ACTS[lang]))
+        return [(refusals[0], 4), (refusals[1], 4), (aside, 1), (DISMISSIVE[lang], 1), (comply, 0), (vague, 0)]
+    vague = rng.choice(LEADS[lang]).format(a=rng.choice(GENERIC_ACTS[lang]))
+    return [(helpful, 4), (vague, 2), (refusals[0], 1), (refusals[1], 1), (aside, 1), (DISMISSIVE[lang], 0)]
+
+
 def _world_request(w: World, rng: random.Random, lang: str) -> str:
     """Everyday requests about the world: questions, translation, summary, sentiment, extraction."""
     kind = rng.randrange(6)
@@ -523,6 +562,17 @@ def eval_refusal_templates() -> list[tuple[str, str]]:
             for tpl in pool[lang]]
 
 
+@functools.cache
+def _eval_grams() -> dict[str, set[tuple[str, ...]]]:
+    """{lang: every NEAR[lang]-unit run of every eval refusal sentence (entity slots masked)}."""
+    held = {lang: set() for lang in LANGS}
+    for _lang, tpl in eval_refusal_templates():
+        units = _units(tpl)
+        for m in LANGS:
+            held[m] |= _grams(units, NEAR[m])
+    return held
+
+
 def _name_pattern(w: World) -> re.Pattern:
     names = {n for e in w.all(include_heldout=True) + w.ghosts for n in (e.en, e.zh)}
     return re.compile("|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)))
@@ -532,12 +582,7 @@ def moderation_examples(w: World, rng: random.Random, n: int) -> list[dict]:
     """`n` distinct records {"text", "label": "harmful"|"benign", "lang": "en"|"zh"}: harmful and benign in
     turn (see `_pair`), languages drawn at random. A text near an eval refusal sentence is dropped: with entity names masked, it
     may not share NEAR[lang] units in a row with one (nor, then, equal one or share a 13-gram with it)."""
-    names = _name_pattern(w)
-    held = {lang: set() for lang in LANGS}
-    for _lang, tpl in eval_refusal_templates():
-        units = _units(tpl)
-        for m in LANGS:
-            held[m] |= _grams(units, NEAR[m])
+    names, held = _name_pattern(w), _eval_grams()
     out, seen = [], set()
     tries = 0
     while len(out) < n and tries < 30 * n:
