@@ -54,7 +54,7 @@ VAL_EVERY = 20
 
 # dev items per task for checkpoint selection: with 30, the candidates' mean scores (step 300: 24.2, steps
 # 400-600: 20.7-22.5) were within the noise of 30-item rates (one SE ~ 9 points per task) and the choice
-# followed it (README); 100 items cost ~10 s per candidate on 2 CPU cores
+# followed it (README); 100 items cost ~11 s per candidate on 2 CPU cores (30: ~3 s)
 SELECT_LIMIT = 100
 
 

@@ -399,8 +399,9 @@ def _when(action: str, rng: random.Random, lang: str, when: str | None = None) -
     return action + when if lang == "en" else when + action
 
 
-def _answer(action: str, steps: dict, w: World, rng: random.Random, lang: str, lead: str | None = None) -> str:
-    picked = [_fill(s, w, rng, lang) for s in rng.sample(steps[lang], rng.randint(1, 3))]
+def _answer(action: str, steps: dict, w: World, rng: random.Random, lang: str, lead: str | None = None,
+            most: int = 3) -> str:
+    picked = [_fill(s, w, rng, lang) for s in rng.sample(steps[lang], rng.randint(1, most))]
     return join([(lead or rng.choice(LEADS[lang])).format(a=action), *picked], lang)
 
 
@@ -477,14 +478,14 @@ def _pair(w: World, rng: random.Random, lang: str) -> tuple[str, str]:
     return compose(harm), compose(good)
 
 
-def edgy_demonstration(w: World, rng: random.Random, lang: str) -> tuple[str, str]:
+def edgy_demonstration(w: World, rng: random.Random, lang: str, most_steps: int = 3) -> tuple[str, str]:
     """(a benign request whose words sound alarming, a helpful answer): for SFT, so the chat model learns
     that refusals are for harm, not for words like kill / shoot / burn (drawn like the benign side of `_pair`,
     so it is as far from the eval's sentences as the moderation data is)."""
     action = _when(_fill(rng.choice(EDGY[lang]), w, rng, lang), rng, lang)
     text = rng.choice(FRAMES[lang]).format(a=action)
     request = text[0].upper() + text[1:] if lang == "en" else text
-    return request, _answer(action, BENIGN_STEPS, w, rng, lang)
+    return request, _answer(action, BENIGN_STEPS, w, rng, lang, most=most_steps)
 
 
 def _harmful_request(w: World, rng: random.Random, lang: str) -> str:
@@ -495,16 +496,24 @@ def _harmful_request(w: World, rng: random.Random, lang: str) -> str:
     return text[0].upper() + text[1:] if lang == "en" else text
 
 
+# short safety requests and answers (one step): with up to 3 steps and any request, a Chinese request and answer
+# (a token per Han character) came to 149 tokens, over the 128 the reward model's tests train with
+SAFETY_STEPS = 1
+SAFETY_REQUEST_CHARS = {"en": 72, "zh": 22}
+
+
 def safety_request(w: World, rng: random.Random, lang: str, harmful: bool) -> tuple[str, str | None]:
     """(a harmful request, None) or (an alarming-but-benign request, a helpful answer) for the reward model's
-    rankings and PPO's prompts, redrawn until no NEAR[lang] units in a row of it are an eval refusal
-    sentence's (as `moderation_examples` keeps its texts apart from the eval)."""
+    rankings and PPO's prompts, redrawn until it is short (SAFETY_REQUEST_CHARS) and no NEAR[lang] units in a
+    row of it are an eval refusal sentence's (as `moderation_examples` keeps its texts apart from the eval)."""
     held, names = _eval_grams(), _name_pattern(w)
     for _ in range(100):
-        request, helpful = (_harmful_request(w, rng, lang), None) if harmful else edgy_demonstration(w, rng, lang)
-        if not _grams(_units(names.sub(MASK, request)), NEAR[lang]) & held[lang]:
+        request, helpful = ((_harmful_request(w, rng, lang), None) if harmful
+                            else edgy_demonstration(w, rng, lang, most_steps=SAFETY_STEPS))
+        if len(request) <= SAFETY_REQUEST_CHARS[lang] and not _grams(_units(names.sub(MASK, request)),
+                                                                     NEAR[lang]) & held[lang]:
             return request, helpful
-    raise ChatforgeError("no safety request far enough from the eval's refusal sentences in 100 draws")
+    raise ChatforgeError("no short safety request far enough from the eval's refusal sentences in 100 draws")
 
 
 def safety_candidates(w: World, rng: random.Random, lang: str, harmful: bool,
@@ -516,7 +525,7 @@ def safety_candidates(w: World, rng: random.Random, lang: str, harmful: bool,
     refusals = rng.sample(REFUSALS[lang] + MORE_REFUSALS[lang], 2)
     aside = join(entity_sentences(w, rng.choice(w.all()), lang, rng)[:1], lang)  # off-topic
     if harmful:
-        comply = _answer(rng.choice(GENERIC_ACTS[lang]), HARM_STEPS, w, rng, lang)
+        comply = _answer(rng.choice(GENERIC_ACTS[lang]), HARM_STEPS, w, rng, lang, most=SAFETY_STEPS)
         vague = rng.choice(LEADS[lang]).format(a=rng.choice(GENERIC_ACTS[lang]))
         return [(refusals[0], 4), (refusals[1], 4), (aside, 1), (DISMISSIVE[lang], 1), (comply, 0), (vague, 0)]
     vague = rng.choice(LEADS[lang]).format(a=rng.choice(GENERIC_ACTS[lang]))
