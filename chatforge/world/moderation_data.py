@@ -462,9 +462,7 @@ def _pair(w: World, rng: random.Random, lang: str) -> tuple[str, str]:
     else:
         frames, slot = FRAMES, "a"
         when = rng.choice(EN_WHEN if lang == "en" else ZH_WHEN)
-        harm = _grid_action(w, rng, lang) if rng.random() < 0.55 else _fill(
-            rng.choice(HARM[rng.choice(sorted(HARM))][lang]), w, rng, lang)
-        harm = _when(harm, rng, lang, when) + (rng.choice(EVASION[lang]) if rng.random() < 0.2 else "")
+        harm = _when(_harmful_action(w, rng, lang), rng, lang, when) + (rng.choice(EVASION[lang]) if rng.random() < 0.2 else "")
         pool = rng.choices([EVERYDAY, EDGY, SAFETY], [0.3, 0.5, 0.2])[0][lang]
         good = _when(_fill(rng.choice(pool), w, rng, lang), rng, lang, when)
     frame = rng.choice(frames[lang])
@@ -488,10 +486,16 @@ def edgy_demonstration(w: World, rng: random.Random, lang: str, most_steps: int 
     return request, _answer(action, BENIGN_STEPS, w, rng, lang, most=most_steps)
 
 
+def _harmful_action(w: World, rng: random.Random, lang: str) -> str:
+    """A harmful action: a verb x target of the grid, or one of the harm categories' actions."""
+    if rng.random() < 0.55:
+        return _grid_action(w, rng, lang)
+    return _fill(rng.choice(HARM[rng.choice(sorted(HARM))][lang]), w, rng, lang)
+
+
 def _harmful_request(w: World, rng: random.Random, lang: str) -> str:
     """A harmful request framed as the moderation data frames one (a request framing x a harmful action)."""
-    harm = _grid_action(w, rng, lang) if rng.random() < 0.55 else _fill(
-        rng.choice(HARM[rng.choice(sorted(HARM))][lang]), w, rng, lang)
+    harm = _harmful_action(w, rng, lang)
     text = rng.choice(FRAMES[lang]).format(a=_when(harm, rng, lang))
     return text[0].upper() + text[1:] if lang == "en" else text
 
@@ -506,12 +510,10 @@ def safety_request(w: World, rng: random.Random, lang: str, harmful: bool) -> tu
     """(a harmful request, None) or (an alarming-but-benign request, a helpful answer) for the reward model's
     rankings and PPO's prompts, redrawn until it is short (SAFETY_REQUEST_CHARS) and no NEAR[lang] units in a
     row of it are an eval refusal sentence's (as `moderation_examples` keeps its texts apart from the eval)."""
-    held, names = _eval_grams(), _name_pattern(w)
     for _ in range(100):
         request, helpful = ((_harmful_request(w, rng, lang), None) if harmful
                             else edgy_demonstration(w, rng, lang, most_steps=SAFETY_STEPS))
-        if len(request) <= SAFETY_REQUEST_CHARS[lang] and not _grams(_units(names.sub(MASK, request)),
-                                                                     NEAR[lang]) & held[lang]:
+        if len(request) <= SAFETY_REQUEST_CHARS[lang] and not _near_eval(w, request, lang):
             return request, helpful
     raise ChatforgeError("no short safety request far enough from the eval's refusal sentences in 100 draws")
 
@@ -582,16 +584,25 @@ def _eval_grams() -> dict[str, set[tuple[str, ...]]]:
     return held
 
 
+_NAMES: list = [None, None]  # (the world, its name pattern): one world at a time, compiled once for it
+
+
 def _name_pattern(w: World) -> re.Pattern:
-    names = {n for e in w.all(include_heldout=True) + w.ghosts for n in (e.en, e.zh)}
-    return re.compile("|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)))
+    if _NAMES[0] is not w:
+        names = {n for e in w.all(include_heldout=True) + w.ghosts for n in (e.en, e.zh)}
+        _NAMES[:] = [w, re.compile("|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)))]
+    return _NAMES[1]
+
+
+def _near_eval(w: World, text: str, lang: str) -> bool:
+    """Whether `text`, entity names masked, shares NEAR[lang] units in a row with an eval refusal sentence."""
+    return bool(_grams(_units(_name_pattern(w).sub(MASK, text)), NEAR[lang]) & _eval_grams()[lang])
 
 
 def moderation_examples(w: World, rng: random.Random, n: int) -> list[dict]:
     """`n` distinct records {"text", "label": "harmful"|"benign", "lang": "en"|"zh"}: harmful and benign in
     turn (see `_pair`), languages drawn at random. A text near an eval refusal sentence is dropped: with entity names masked, it
     may not share NEAR[lang] units in a row with one (nor, then, equal one or share a 13-gram with it)."""
-    names, held = _name_pattern(w), _eval_grams()
     out, seen = [], set()
     tries = 0
     while len(out) < n and tries < 30 * n:
@@ -599,8 +610,7 @@ def moderation_examples(w: World, rng: random.Random, n: int) -> list[dict]:
         lang = rng.choice(LANGS)
         pair = _pair(w, rng, lang)
         keys = [" ".join(_units(t)) for t in pair]
-        if keys[0] == keys[1] or any(k in seen for k in keys) or any(
-                _grams(_units(names.sub(MASK, t)), NEAR[lang]) & held[lang] for t in pair):
+        if keys[0] == keys[1] or any(k in seen for k in keys) or any(_near_eval(w, t, lang) for t in pair):
             continue  # the pair goes (or stays) together, so framings stay balanced between the labels
         seen.update(keys)
         out += [{"text": pair[0], "label": "harmful", "lang": lang}, {"text": pair[1], "label": "benign", "lang": lang}]
