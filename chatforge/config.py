@@ -102,7 +102,9 @@ def _presets() -> dict[str, Preset]:
             # requests. All 248 withheld questions with retrieval / SFT + moderator false refusals, one base:
             # 600 steps, 6,000: 59.3% / 0.0%; 900 steps, 6,000 (seeds 0, 1, the demo's): 67.3, 64.5% / 23.3, 13.3,
             # 23.3%; 900 steps, 13,000 (fresh passages; every demonstration seen 1.3 times instead of 1.75):
-            # 65.3% / 3.3%. lr 2e-3 at 600 steps: 59.3%. README, Results. Costs ~4 minutes of the demo on 2 cores
+            # 65.3% / 3.3%; seeds 0 / 1 / 2: 65.3 / 67.7 / 71.4% / 3.3 / 63.3 / 10.0% — seed 1 over-refuses, so
+            # the refusal calibration is fragile (README, rows 44-48). lr 2e-3 at 600 steps: 59.3%. Costs ~3-4
+            # minutes of the demo on 2 cores
             sft=TrainConfig(max_steps=900, batch_size=16, seq_len=256, lr=1e-3, warmup_steps=10, weight_decay=0.0,
                             eval_every=100, save_every=100, log_every=10)),
         "gpu-small": Preset(
