@@ -90,8 +90,7 @@ def _presets() -> dict[str, Preset]:
             # 70.0 / 73.3 / 70.0% against 63.3 / 56.7 / 70.0%; the price: more false refusals and less honesty
             # (README, rows 42-43). Not 10,000 in 600 steps: with that many (74% of SFT's data) the world's other
             # demonstrations got under one epoch and the model stopped refusing and saying "I don't know" (rows
-            # 27-28). Now 13,000 in 900 steps (below): 11,137 packed rows read 1.3 times (6,000 in 600 steps: 5,483
-            # rows read 1.75 times), so every demonstration is seen a little less often than before, none more
+            # 27-28). Now 13,000 in 900 steps: see sft below
             model=ModelConfig.preset_style("llama", vocab_size=4096, n_layer=4, n_head=4, n_kv_head=2,
                                            d_model=128, max_seq_len=256, tie_embeddings=True, copy_head=64),
             train=TrainConfig(max_steps=600, batch_size=16, seq_len=256, lr=3e-3, warmup_steps=30,
@@ -101,7 +100,8 @@ def _presets() -> dict[str, Preset]:
             # improving at 600 steps, but more passes over the same data also taught the model to refuse harmless
             # requests. All 248 withheld questions with retrieval / SFT + moderator false refusals, one base:
             # 600 steps, 6,000: 59.3% / 0.0%; 900 steps, 6,000 (seeds 0, 1, the demo's): 67.3, 64.5% / 23.3, 13.3,
-            # 23.3%; 900 steps, 13,000 (fresh passages; every demonstration seen 1.3 times instead of 1.75):
+            # 23.3%; 900 steps, 13,000 (fresh passages; 11,137 packed rows read 1.3 times, where 6,000 in 600 steps
+            # read 5,483 rows 1.75 times, so no demonstration is seen more often than before):
             # 65.3% / 3.3%; seeds 0 / 1 / 2: 65.3 / 67.7 / 71.4% / 3.3 / 63.3 / 10.0% — seed 1 over-refuses, so
             # the refusal calibration is fragile (README, rows 44-48). lr 2e-3 at 600 steps: 59.3%. Costs ~3-4
             # minutes of the demo on 2 cores

@@ -400,8 +400,8 @@ def _when(action: str, rng: random.Random, lang: str, when: str | None = None) -
 
 
 def _answer(action: str, steps: dict, w: World, rng: random.Random, lang: str, lead: str | None = None,
-            most: int = 3) -> str:
-    picked = [_fill(s, w, rng, lang) for s in rng.sample(steps[lang], rng.randint(1, most))]
+            most_steps: int = 3) -> str:
+    picked = [_fill(s, w, rng, lang) for s in rng.sample(steps[lang], rng.randint(1, most_steps))]
     return join([(lead or rng.choice(LEADS[lang])).format(a=action), *picked], lang)
 
 
@@ -483,7 +483,7 @@ def edgy_demonstration(w: World, rng: random.Random, lang: str, most_steps: int 
     action = _when(_fill(rng.choice(EDGY[lang]), w, rng, lang), rng, lang)
     text = rng.choice(FRAMES[lang]).format(a=action)
     request = text[0].upper() + text[1:] if lang == "en" else text
-    return request, _answer(action, BENIGN_STEPS, w, rng, lang, most=most_steps)
+    return request, _answer(action, BENIGN_STEPS, w, rng, lang, most_steps=most_steps)
 
 
 def _harmful_action(w: World, rng: random.Random, lang: str) -> str:
@@ -527,7 +527,7 @@ def safety_candidates(w: World, rng: random.Random, lang: str, harmful: bool,
     refusals = rng.sample(REFUSALS[lang] + MORE_REFUSALS[lang], 2)
     aside = join(entity_sentences(w, rng.choice(w.all()), lang, rng)[:1], lang)  # off-topic
     if harmful:
-        comply = _answer(rng.choice(GENERIC_ACTS[lang]), HARM_STEPS, w, rng, lang, most=SAFETY_STEPS)
+        comply = _answer(rng.choice(GENERIC_ACTS[lang]), HARM_STEPS, w, rng, lang, most_steps=SAFETY_STEPS)
         vague = rng.choice(LEADS[lang]).format(a=rng.choice(GENERIC_ACTS[lang]))
         return [(refusals[0], 4), (refusals[1], 4), (aside, 1), (DISMISSIVE[lang], 1), (comply, 0), (vague, 0)]
     vague = rng.choice(LEADS[lang]).format(a=rng.choice(GENERIC_ACTS[lang]))
@@ -584,14 +584,14 @@ def _eval_grams() -> dict[str, set[tuple[str, ...]]]:
     return held
 
 
-_NAMES: list = [None, None]  # (the world, its name pattern): one world at a time, compiled once for it
+@functools.lru_cache(maxsize=4)
+def _alternation(names: frozenset[str]) -> re.Pattern:
+    """One regex matching any of `names`, longest first; compiled once per set of names (per world)."""
+    return re.compile("|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)))
 
 
 def _name_pattern(w: World) -> re.Pattern:
-    if _NAMES[0] is not w:
-        names = {n for e in w.all(include_heldout=True) + w.ghosts for n in (e.en, e.zh)}
-        _NAMES[:] = [w, re.compile("|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)))]
-    return _NAMES[1]
+    return _alternation(frozenset(n for e in w.all(include_heldout=True) + w.ghosts for n in (e.en, e.zh)))
 
 
 def _near_eval(w: World, text: str, lang: str) -> bool:
